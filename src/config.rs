@@ -1,0 +1,506 @@
+//! The daemon's configuration: a TOML file plus `POE_RELAY__SECTION__KEY` environment overrides.
+//!
+//! Every key has a default, so an empty file is valid. Unknown keys are errors (a typo must not
+//! be silently ignored), and every error names the key and says what is wrong. Secrets are not
+//! part of this structure: they come from the environment (see [`crate::secret`]), and a secret
+//! written into the TOML file is rejected with a message saying where it belongs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::poe::Transport;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub poe: PoeConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How to reach Poe and how hard to try.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoeConfig {
+    pub base_url: String,
+    pub upload_url: String,
+    pub default_transport: Transport,
+    pub requests_per_minute: u32,
+    pub connect_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub retry_budget_secs: u64,
+    pub max_event_bytes: usize,
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for PoeConfig {
+    fn default() -> Self {
+        PoeConfig {
+            base_url: "https://api.poe.com".into(),
+            upload_url: "https://www.quora.com/poe_api/file_upload_3RD_PARTY_POST".into(),
+            default_transport: Transport::Native,
+            requests_per_minute: 500,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 600,
+            request_timeout_secs: 1800,
+            max_attempts: 4,
+            initial_backoff_ms: 250,
+            max_backoff_ms: 10_000,
+            retry_budget_secs: 60,
+            max_event_bytes: 4 * 1024 * 1024,
+            models: Vec::new(),
+        }
+    }
+}
+
+impl PoeConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn initial_backoff(&self) -> Duration {
+        Duration::from_millis(self.initial_backoff_ms)
+    }
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+    pub fn retry_budget(&self) -> Duration {
+        Duration::from_secs(self.retry_budget_secs)
+    }
+
+    /// The settings for `model` (names are case-insensitive on Poe), if the config has any.
+    pub fn model(&self, model: &str) -> Option<&ModelConfig> {
+        self.models
+            .iter()
+            .find(|entry| entry.name.eq_ignore_ascii_case(model))
+    }
+
+    /// The transport to use for `model`.
+    pub fn transport_for(&self, model: &str) -> Transport {
+        self.model(model)
+            .and_then(|entry| entry.transport)
+            .unwrap_or(self.default_transport)
+    }
+}
+
+/// Per-model settings: which transport to use and custom parameters sent with every request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    #[serde(default)]
+    pub transport: Option<Transport>,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; the `RUST_LOG` variable, when set, wins.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{name}` is not a log format; use `text` or `json`")),
+        }
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key, as written in the TOML file (`poe.models[0].transport`).
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Everything wrong with a configuration, or why it could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn render_problems(problems: &[ConfigProblem]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// Names of keys that hold secrets; the file must not contain them anywhere.
+const SECRET_KEYS: &[(&str, &str)] = &[
+    ("api_key", "POE_API_KEY"),
+    ("poe_api_key", "POE_API_KEY"),
+    ("token", "DISCORD_TOKEN"),
+    ("discord_token", "DISCORD_TOKEN"),
+    ("password", "MATRIX_PASSWORD"),
+    ("access_token", "MATRIX_ACCESS_TOKEN"),
+];
+
+/// Keys of the OpenAI request body that per-model parameters must not overwrite.
+const RESERVED_PARAMETERS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "n",
+];
+
+impl Config {
+    /// Loads `file` (if given) and applies `POE_RELAY__…` overrides from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Unreadable {
+                path: path.display().to_string(),
+                reason: err.to_string(),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("POE_RELAY__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("POE_RELAY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|err| ConfigError::Parse(describe_config_error(err, file)))?;
+
+        let raw_value: config::Value = raw.clone().try_deserialize().map_err(|err| {
+            ConfigError::Parse(describe_config_error(err, file))
+        })?;
+        let mut problems = Vec::new();
+        find_secrets(&raw_value, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+
+        let config: Config = raw
+            .try_deserialize()
+            .map_err(|err| ConfigError::Parse(describe_config_error(err, file)))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Checks the values that parse but make no sense.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, text: &str| {
+            problems.push(ConfigProblem {
+                key: key.to_owned(),
+                problem: text.to_owned(),
+            })
+        };
+        let poe = &self.poe;
+        for (key, url) in [("poe.base_url", &poe.base_url), ("poe.upload_url", &poe.upload_url)] {
+            match reqwest::Url::parse(url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                Ok(_) => problem(key, "must be an http:// or https:// URL"),
+                Err(err) => problem(key, &format!("is not a valid URL ({err})")),
+            }
+        }
+        if poe.requests_per_minute == 0 {
+            problem("poe.requests_per_minute", "must be at least 1");
+        }
+        if poe.connect_timeout_secs == 0 {
+            problem("poe.connect_timeout_secs", "must be at least 1");
+        }
+        if poe.idle_timeout_secs == 0 {
+            problem("poe.idle_timeout_secs", "must be at least 1");
+        }
+        if poe.request_timeout_secs < poe.idle_timeout_secs {
+            problem(
+                "poe.request_timeout_secs",
+                "must be at least poe.idle_timeout_secs",
+            );
+        }
+        if poe.max_attempts == 0 {
+            problem("poe.max_attempts", "must be at least 1 (1 means no retries)");
+        }
+        if poe.max_backoff_ms < poe.initial_backoff_ms {
+            problem(
+                "poe.max_backoff_ms",
+                "must be at least poe.initial_backoff_ms",
+            );
+        }
+        if poe.max_event_bytes < 1024 {
+            problem("poe.max_event_bytes", "must be at least 1024");
+        }
+        let mut seen = BTreeMap::new();
+        for (index, model) in poe.models.iter().enumerate() {
+            let key = format!("poe.models[{index}]");
+            if model.name.trim().is_empty() {
+                problem(&format!("{key}.name"), "must not be empty");
+            }
+            if let Some(first) = seen.insert(model.name.to_ascii_lowercase(), index) {
+                problem(
+                    &format!("{key}.name"),
+                    &format!("`{}` is already configured in poe.models[{first}]", model.name),
+                );
+            }
+            for name in model.parameters.keys() {
+                if RESERVED_PARAMETERS.contains(&name.as_str()) {
+                    problem(
+                        &format!("{key}.parameters.{name}"),
+                        "is part of the request itself and cannot be a custom parameter",
+                    );
+                }
+            }
+        }
+        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            problem(
+                "log.filter",
+                "is not a valid filter (examples: `info`, `poe_relay=debug,warn`)",
+            );
+        }
+        problems
+    }
+}
+
+fn find_secrets(value: &config::Value, path: &str, problems: &mut Vec<ConfigProblem>) {
+    let config::ValueKind::Table(table) = &value.kind else {
+        return;
+    };
+    for (key, child) in table {
+        let child_path = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        if let Some((_, variable)) = SECRET_KEYS.iter().find(|(name, _)| key == name) {
+            problems.push(ConfigProblem {
+                key: child_path.clone(),
+                problem: format!(
+                    "secrets are not read from the config file; remove it and set {variable} \
+                     (or {variable}_FILE) in the environment"
+                ),
+            });
+        }
+        find_secrets(child, &child_path, problems);
+    }
+}
+
+/// The config crate's messages are close, but say "for key" and omit the file; make them say
+/// which key, in which file, in plain order.
+fn describe_config_error(err: config::ConfigError, file: Option<&Path>) -> String {
+    let origin = file
+        .map(|path| format!(" (in {})", path.display()))
+        .unwrap_or_default();
+    let text = err.to_string();
+    // The crate writes `models[0]transport`; the TOML key is `models[0].transport`.
+    let text = text.replace("]", "].").replace("].`", "]`").replace("]..", "].");
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        if let Some((field, rest)) = rest.split_once('`') {
+            let parent = rest
+                .rsplit_once("for key `")
+                .and_then(|(_, key)| key.split_once('`'))
+                .map(|(key, _)| format!("{key}."))
+                .unwrap_or_default();
+            let known = rest
+                .split_once("expected ")
+                .map(|(_, expected)| expected.split(" for key").next().unwrap_or(expected))
+                .unwrap_or("");
+            return format!("{parent}{field}: unknown key (expected {known}){origin}");
+        }
+    }
+    if let Some((message, rest)) = text.split_once(" for key `") {
+        if let Some((key, _)) = rest.split_once('`') {
+            return format!("{key}: {message}{origin}");
+        }
+    }
+    format!("{text}{origin}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("poe-relay.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()));
+        Config::load(Some(&path), env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = load_str("", &[]).unwrap();
+        assert_eq!(config.poe.base_url, "https://api.poe.com");
+        assert_eq!(config.poe.requests_per_minute, 500);
+        assert_eq!(config.poe.default_transport, Transport::Native);
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load_str(
+            "[poe]\nrequests_per_minute = 100\n",
+            &[
+                ("POE_RELAY__POE__REQUESTS_PER_MINUTE", "42"),
+                ("POE_RELAY__LOG__FORMAT", "json"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.poe.requests_per_minute, 42);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_names_it() {
+        let err = load_str("[poe]\nbase_urll = \"http://x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("base_urll"), "{err}");
+        let err = load_str("[poee]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("poee"), "{err}");
+        let err = load_str("", &[("POE_RELAY__POE__TYPO", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("typo"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = load_str("[poe]\nrequests_per_minute = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("requests_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn secrets_in_the_file_are_rejected_with_directions() {
+        let err = load_str("[poe]\napi_key = \"sk-123456\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poe.api_key"), "{err}");
+        assert!(err.contains("POE_API_KEY"), "{err}");
+        assert!(!err.contains("sk-123456"), "{err}");
+    }
+
+    #[test]
+    fn model_settings_are_case_insensitive() {
+        let config = load_str(
+            r#"
+            [[poe.models]]
+            name = "Claude-Sonnet-4.6"
+            transport = "openai"
+            parameters = { thinking_budget = 1024 }
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.poe.transport_for("claude-sonnet-4.6"), Transport::OpenAi);
+        assert_eq!(config.poe.transport_for("GPT-5"), Transport::Native);
+        assert_eq!(
+            config.poe.model("CLAUDE-SONNET-4.6").unwrap().parameters["thinking_budget"],
+            1024
+        );
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported_with_their_keys() {
+        let err = load_str(
+            r#"
+            [poe]
+            base_url = "ftp://example"
+            requests_per_minute = 0
+            [[poe.models]]
+            name = "a"
+            parameters = { model = "b" }
+            [[poe.models]]
+            name = "A"
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("expected semantic problems, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "poe.base_url",
+                "poe.requests_per_minute",
+                "poe.models[0].parameters.model",
+                "poe.models[1].name"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_transport_names_the_key_and_the_choices() {
+        let err = load_str("[poe]\ndefault_transport = \"grpc\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc"), "{err}");
+        assert!(err.contains("default_transport"), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! poe-relay: Poe's AI models in Discord and Matrix.
+//!
+//! The Poe client lives in [`poe`]; configuration, secrets and logging beside it.
+//! [`fake_poe`] is a protocol-faithful stand-in for api.poe.com used by the tests and
+//! benchmarks (and runnable as the `fake-poe` binary).
+
+pub mod config;
+pub mod fake_poe;
+pub mod logging;
+pub mod poe;
+pub mod secret;

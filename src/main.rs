@@ -1,0 +1,203 @@
+//! The `poe-relay` binary: the daemon and the operator's one-line checks.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use poe_relay::config::Config;
+use poe_relay::poe::{ModelInfo, PoeClient};
+use poe_relay::secret::{self, ProcessEnv};
+
+/// Where the configuration is looked for when `--config` is not given.
+const DEFAULT_CONFIG: &str = "config/poe-relay.toml";
+
+#[derive(Parser)]
+#[command(name = "poe-relay", version, about = "Poe's AI models in Discord and Matrix")]
+struct Cli {
+    /// The TOML configuration file (default: config/poe-relay.toml when it exists).
+    #[arg(long, global = true, env = "POE_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or Ctrl-C.
+    Run,
+    /// Validate the configuration and the secrets it needs, offline; exits non-zero on error.
+    CheckConfig,
+    /// List Poe's models with their prices (checks that Poe is reachable).
+    Models,
+    /// Show the Poe account's point balance (checks the API key).
+    Balance {
+        /// Also show this many of the newest points-history entries.
+        #[arg(long, default_value_t = 0)]
+        history: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let config_path = resolve_config_path(cli.config.as_deref())?;
+    let config = Config::load(config_path.as_deref(), std::env::vars())
+        .map_err(|err| anyhow::anyhow!("the configuration is not valid:\n{err}"))?;
+    match cli.command {
+        Command::CheckConfig => check_config(&config, config_path.as_deref()),
+        Command::Run => run(config).await,
+        Command::Models => models(config).await,
+        Command::Balance { history } => balance(config, history).await,
+    }
+}
+
+fn resolve_config_path(given: Option<&Path>) -> Result<Option<PathBuf>> {
+    match given {
+        Some(path) => {
+            anyhow::ensure!(
+                path.is_file(),
+                "the configuration file {} does not exist",
+                path.display()
+            );
+            Ok(Some(path.to_owned()))
+        }
+        None => {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            Ok(default.is_file().then_some(default))
+        }
+    }
+}
+
+fn poe_client(config: &Config) -> Result<PoeClient> {
+    let key = secret::read_required(&ProcessEnv, "POE_API_KEY")?;
+    PoeClient::new(config.poe.clone(), key).context("cannot set up the Poe client")
+}
+
+fn check_config(config: &Config, path: Option<&Path>) -> Result<()> {
+    secret::read_required(&ProcessEnv, "POE_API_KEY")?;
+    let source = path
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|| "built-in defaults (no file)".into());
+    println!("configuration OK: {source}");
+    println!(
+        "poe: {} (default transport {:?}, {} requests/minute, {} model override(s))",
+        config.poe.base_url,
+        config.poe.default_transport,
+        config.poe.requests_per_minute,
+        config.poe.models.len()
+    );
+    println!("POE_API_KEY: set");
+    Ok(())
+}
+
+async fn run(config: Config) -> Result<()> {
+    poe_relay::logging::init(&config.log);
+    let _client = poe_client(&config)?;
+    tracing::info!(
+        base_url = %config.poe.base_url,
+        "poe-relay started; no chat platform is enabled in this version"
+    );
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() -> Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+async fn models(config: Config) -> Result<()> {
+    let client = poe_client(&config)?;
+    let mut models = client.list_models().await?;
+    models.sort_by_key(|model| model.id.to_ascii_lowercase());
+    println!(
+        "{:<40} {:>12} {:>12} {:>10} {:>10} {}",
+        "MODEL", "IN $/Mtok", "OUT $/Mtok", "$/REQUEST", "CONTEXT", "OUTPUT"
+    );
+    for model in &models {
+        println!("{}", model_row(model));
+    }
+    println!("{} models", models.len());
+    Ok(())
+}
+
+fn model_row(model: &ModelInfo) -> String {
+    let per_million = |price: Option<f64>| {
+        price
+            .map(|usd| format!("{:.2}", usd * 1e6))
+            .unwrap_or_else(|| "-".into())
+    };
+    let pricing = model.pricing.clone().unwrap_or_default();
+    let per_request = pricing
+        .request
+        .or(pricing.image)
+        .map(|usd| format!("{usd:.4}"))
+        .unwrap_or_else(|| "-".into());
+    let context = model
+        .context_length()
+        .map(|tokens| tokens.to_string())
+        .unwrap_or_else(|| "-".into());
+    let outputs = model.output_modalities().join(",");
+    format!(
+        "{:<40} {:>12} {:>12} {:>10} {:>10} {}",
+        model.id,
+        per_million(pricing.prompt),
+        per_million(pricing.completion),
+        per_request,
+        context,
+        if outputs.is_empty() { "-" } else { &outputs }
+    )
+}
+
+async fn balance(config: Config, history: u32) -> Result<()> {
+    let client = poe_client(&config)?;
+    let balance = client.balance().await?;
+    match balance.current_point_balance {
+        Some(points) => println!("points: {points}"),
+        None => println!("points: (Poe did not say)"),
+    }
+    if let Some(usd) = balance.total_balance_usd {
+        println!("worth: ${usd:.2}");
+    }
+    if history > 0 {
+        let page = client.points_history(history, None).await?;
+        println!("{:<24} {:<28} {:>10} {}", "QUERY", "BOT", "POINTS", "TYPE");
+        for entry in page.data {
+            println!(
+                "{:<24} {:<28} {:>10} {}",
+                entry.query_id,
+                entry.bot_name.unwrap_or_default(),
+                entry
+                    .cost_points
+                    .map(|points| points.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                entry.usage_type.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! File upload: a file becomes an [`Attachment`] that a native request can carry.
+//!
+//! Poe's upload endpoint takes the raw key (no `Bearer`) and either a multipart `file` part
+//! or a `download_url` form field for files Poe should fetch itself.
+
+use serde::Deserialize;
+
+use super::error::{self, PoeError};
+use super::native::Attachment;
+use super::request::{FileSource, InputFile};
+use super::{PoeClient, stream};
+
+#[derive(Debug, Deserialize)]
+struct UploadResponse {
+    attachment_url: String,
+    mime_type: String,
+}
+
+impl PoeClient {
+    /// Uploads `file` and returns the attachment to put on a message.
+    pub async fn upload(&self, file: &InputFile) -> Result<Attachment, PoeError> {
+        let url = self.config().upload_url.clone();
+        self.with_retries("upload", || async {
+            let request = self
+                .http()
+                .post(&url)
+                .header(reqwest::header::AUTHORIZATION, self.key().expose());
+            let request = match &file.source {
+                FileSource::Bytes(bytes) => {
+                    let part = reqwest::multipart::Part::bytes(bytes.to_vec())
+                        .file_name(file.name.clone())
+                        .mime_str(&file.content_type)
+                        .map_err(|_| PoeError::BadRequest {
+                            detail: format!("`{}` is not a valid content type", file.content_type),
+                        })?;
+                    request.multipart(reqwest::multipart::Form::new().part("file", part))
+                }
+                FileSource::Url(download_url) => request.form(&[
+                    ("download_url", download_url.as_str()),
+                    ("download_filename", file.name.as_str()),
+                ]),
+            };
+            let response = request
+                .send()
+                .await
+                .map_err(|err| stream::transport_error(&err))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let deadline = tokio::time::Instant::now() + self.config().request_timeout();
+            let body = stream::read_limited(response, deadline).await?;
+            if status.as_u16() != 200 {
+                return Err(error::from_http(status.as_u16(), &headers, &body, None, self.key()));
+            }
+            let uploaded: UploadResponse = serde_json::from_slice(&body).map_err(|err| {
+                PoeError::protocol(format!("unexpected upload answer: {err}"), false)
+            })?;
+            Ok(Attachment {
+                url: uploaded.attachment_url,
+                content_type: uploaded.mime_type,
+                name: file.name.clone(),
+            })
+        })
+        .await
+    }
+}
