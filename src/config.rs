@@ -141,7 +141,9 @@ impl TryFrom<String> for LogFormat {
         match name.to_ascii_lowercase().as_str() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!("`{name}` is not a log format; use `text` or `json`")),
+            _ => Err(format!(
+                "`{name}` is not a log format; use `text` or `json`"
+            )),
         }
     }
 }
@@ -225,9 +227,10 @@ impl Config {
             .build()
             .map_err(|err| ConfigError::Parse(describe_config_error(err, file)))?;
 
-        let raw_value: config::Value = raw.clone().try_deserialize().map_err(|err| {
-            ConfigError::Parse(describe_config_error(err, file))
-        })?;
+        let raw_value: config::Value = raw
+            .clone()
+            .try_deserialize()
+            .map_err(|err| ConfigError::Parse(describe_config_error(err, file)))?;
         let mut problems = Vec::new();
         find_secrets(&raw_value, "", &mut problems);
         if !problems.is_empty() {
@@ -255,7 +258,10 @@ impl Config {
             })
         };
         let poe = &self.poe;
-        for (key, url) in [("poe.base_url", &poe.base_url), ("poe.upload_url", &poe.upload_url)] {
+        for (key, url) in [
+            ("poe.base_url", &poe.base_url),
+            ("poe.upload_url", &poe.upload_url),
+        ] {
             match reqwest::Url::parse(url) {
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
                 Ok(_) => problem(key, "must be an http:// or https:// URL"),
@@ -278,7 +284,10 @@ impl Config {
             );
         }
         if poe.max_attempts == 0 {
-            problem("poe.max_attempts", "must be at least 1 (1 means no retries)");
+            problem(
+                "poe.max_attempts",
+                "must be at least 1 (1 means no retries)",
+            );
         }
         if poe.max_backoff_ms < poe.initial_backoff_ms {
             problem(
@@ -298,7 +307,10 @@ impl Config {
             if let Some(first) = seen.insert(model.name.to_ascii_lowercase(), index) {
                 problem(
                     &format!("{key}.name"),
-                    &format!("`{}` is already configured in poe.models[{first}]", model.name),
+                    &format!(
+                        "`{}` is already configured in poe.models[{first}]",
+                        model.name
+                    ),
                 );
             }
             for name in model.parameters.keys() {
@@ -310,7 +322,12 @@ impl Config {
                 }
             }
         }
-        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             problem(
                 "log.filter",
                 "is not a valid filter (examples: `info`, `poe_relay=debug,warn`)",
@@ -351,7 +368,10 @@ fn describe_config_error(err: config::ConfigError, file: Option<&Path>) -> Strin
         .unwrap_or_default();
     let text = err.to_string();
     // The crate writes `models[0]transport`; the TOML key is `models[0].transport`.
-    let text = text.replace("]", "].").replace("].`", "]`").replace("]..", "].");
+    let text = text
+        .replace("]", "].")
+        .replace("].`", "]`")
+        .replace("]..", "].");
     if let Some(rest) = text.strip_prefix("unknown field `") {
         if let Some((field, rest)) = rest.split_once('`') {
             let parent = rest
@@ -456,7 +476,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(config.poe.transport_for("claude-sonnet-4.6"), Transport::OpenAi);
+        assert_eq!(
+            config.poe.transport_for("claude-sonnet-4.6"),
+            Transport::OpenAi
+        );
         assert_eq!(config.poe.transport_for("GPT-5"), Transport::Native);
         assert_eq!(
             config.poe.model("CLAUDE-SONNET-4.6").unwrap().parameters["thinking_budget"],

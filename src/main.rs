@@ -14,7 +14,11 @@ use poe_relay::secret::{self, ProcessEnv};
 const DEFAULT_CONFIG: &str = "config/poe-relay.toml";
 
 #[derive(Parser)]
-#[command(name = "poe-relay", version, about = "Poe's AI models in Discord and Matrix")]
+#[command(
+    name = "poe-relay",
+    version,
+    about = "Poe's AI models in Discord and Matrix"
+)]
 struct Cli {
     /// The TOML configuration file (default: config/poe-relay.toml when it exists).
     #[arg(long, global = true, env = "POE_RELAY_CONFIG")]

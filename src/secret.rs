@@ -138,10 +138,7 @@ mod tests {
     #[test]
     fn reads_from_env_or_file_but_not_both() {
         let env = [("POE_API_KEY", "sk-1\n")];
-        assert_eq!(
-            read_required(&env, "POE_API_KEY").unwrap().expose(),
-            "sk-1"
-        );
+        assert_eq!(read_required(&env, "POE_API_KEY").unwrap().expose(), "sk-1");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");

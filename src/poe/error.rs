@@ -265,7 +265,11 @@ pub(crate) fn from_http(
 /// Maps an error object found inside a stream (OpenAI transport) to an error.
 pub(crate) fn from_stream_error(object: &ErrorObject, model: &str, key: &Secret) -> PoeError {
     let detail = clean_detail(object.message.as_deref().unwrap_or("error in stream"), key);
-    if object.mentions(&["insufficient_points", "insufficient_quota", "insufficient_credits"]) {
+    if object.mentions(&[
+        "insufficient_points",
+        "insufficient_quota",
+        "insufficient_credits",
+    ]) {
         PoeError::OutOfPoints
     } else if object.mentions(&["invalid_api_key", "authentication_error"]) {
         PoeError::InvalidKey { status: 200 }
@@ -328,21 +332,46 @@ mod tests {
     fn statuses_map_to_typed_errors() {
         let empty = HeaderMap::new();
         let cases = [
-            (401, r#"{"error":{"message":"Incorrect API key provided: sk-test-key-1234","type":"authentication_error","code":"invalid_api_key"}}"#),
-            (402, r#"{"error":{"message":"no","type":"insufficient_credits","code":402}}"#),
-            (404, r#"{"error":{"message":"nope","type":"not_found_error"}}"#),
-            (413, r#"{"error":{"message":"too big","type":"request_too_large"}}"#),
+            (
+                401,
+                r#"{"error":{"message":"Incorrect API key provided: sk-test-key-1234","type":"authentication_error","code":"invalid_api_key"}}"#,
+            ),
+            (
+                402,
+                r#"{"error":{"message":"no","type":"insufficient_credits","code":402}}"#,
+            ),
+            (
+                404,
+                r#"{"error":{"message":"nope","type":"not_found_error"}}"#,
+            ),
+            (
+                413,
+                r#"{"error":{"message":"too big","type":"request_too_large"}}"#,
+            ),
             (503, "<html>down</html>"),
         ];
         let errors: Vec<PoeError> = cases
             .iter()
-            .map(|(status, body)| from_http(*status, &empty, body.as_bytes(), Some("GPT-5"), &key()))
+            .map(|(status, body)| {
+                from_http(*status, &empty, body.as_bytes(), Some("GPT-5"), &key())
+            })
             .collect();
         assert_eq!(errors[0], PoeError::InvalidKey { status: 401 });
         assert_eq!(errors[1], PoeError::OutOfPoints);
-        assert_eq!(errors[2], PoeError::ModelNotFound { model: "GPT-5".into() });
+        assert_eq!(
+            errors[2],
+            PoeError::ModelNotFound {
+                model: "GPT-5".into()
+            }
+        );
         assert!(matches!(errors[3], PoeError::RequestTooLarge { .. }));
-        assert!(matches!(errors[4], PoeError::Unavailable { retryable: true, .. }));
+        assert!(matches!(
+            errors[4],
+            PoeError::Unavailable {
+                retryable: true,
+                ..
+            }
+        ));
         assert!(errors[4].is_retryable());
         assert!(!errors[0].is_retryable());
     }
@@ -399,7 +428,10 @@ mod tests {
             PoeError::RequestTooLarge { .. }
         ));
         assert!(matches!(
-            from_error_event(&event(None, None, "You have exceeded rate limit to query bot"), &key()),
+            from_error_event(
+                &event(None, None, "You have exceeded rate limit to query bot"),
+                &key()
+            ),
             PoeError::RateLimited { .. }
         ));
         let retry_default = from_error_event(&event(None, None, "Internal server error"), &key());
@@ -417,7 +449,9 @@ mod tests {
             PoeError::BadRequest { detail: "x".into() },
             PoeError::ModelNotFound { model: "m".into() },
             PoeError::RequestTooLarge { detail: "x".into() },
-            PoeError::Timeout { phase: TimeoutPhase::Idle },
+            PoeError::Timeout {
+                phase: TimeoutPhase::Idle,
+            },
             PoeError::protocol("bad json at line 1", false),
         ];
         for err in errors {

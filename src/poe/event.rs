@@ -23,10 +23,11 @@ impl PoeEvent {
     /// Whether this event shows the caller part of the answer (after which no retry may
     /// happen, because the user could see text twice).
     pub fn is_output(&self) -> bool {
-        matches!(
-            self,
-            PoeEvent::Text(_) | PoeEvent::Replace(_) | PoeEvent::File(_)
-        )
+        match self {
+            PoeEvent::Text(text) => !text.is_empty(),
+            PoeEvent::Replace(_) | PoeEvent::File(_) => true,
+            _ => false,
+        }
     }
 }
 

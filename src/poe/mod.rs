@@ -6,8 +6,8 @@
 //! here and nowhere else; it never appears in an error or a log line.
 
 mod error;
-mod lenient;
 mod event;
+mod lenient;
 mod models;
 mod native;
 mod openai;
@@ -66,7 +66,9 @@ impl PoeClient {
             .connect_timeout(config.connect_timeout())
             .user_agent(concat!("poe-relay/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|err| PoeError::protocol(format!("cannot build the HTTP client: {err}"), false))?;
+            .map_err(|err| {
+                PoeError::protocol(format!("cannot build the HTTP client: {err}"), false)
+            })?;
         let limiter = RateLimiter::per_minute(config.requests_per_minute);
         Ok(PoeClient {
             inner: Arc::new(ClientInner {
@@ -166,7 +168,11 @@ impl PoeClient {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retry policy gives up.
-    pub(crate) async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, PoeError>
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        what: &str,
+        mut attempt: F,
+    ) -> Result<T, PoeError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, PoeError>>,
@@ -213,7 +219,13 @@ impl PoeClient {
             let deadline = tokio::time::Instant::now() + self.config().request_timeout();
             let body = stream::read_limited(response, deadline).await?;
             if !status.is_success() {
-                return Err(error::from_http(status.as_u16(), &headers, &body, None, self.key()));
+                return Err(error::from_http(
+                    status.as_u16(),
+                    &headers,
+                    &body,
+                    None,
+                    self.key(),
+                ));
             }
             serde_json::from_slice(&body).map_err(|err| {
                 PoeError::protocol(format!("unexpected answer from {path}: {err}"), false)

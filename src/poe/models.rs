@@ -91,7 +91,9 @@ impl ModelInfo {
     }
 
     pub fn max_output_tokens(&self) -> Option<i64> {
-        self.context_window.as_ref().and_then(|w| w.max_output_tokens)
+        self.context_window
+            .as_ref()
+            .and_then(|w| w.max_output_tokens)
     }
 
     pub fn parameter(&self, name: &str) -> Option<&ParameterSpec> {

@@ -135,9 +135,10 @@ impl NativeDecoder {
             "suggested_reply" => out.push(PoeEvent::SuggestedReply(string_field(event, "text")?)),
             "file" => {
                 let data = object(event)?;
-                let file: OutputFile = serde_json::from_value(Value::Object(data)).map_err(|err| {
-                    PoeError::protocol(format!("invalid `file` event: {err}"), false)
-                })?;
+                let file: OutputFile =
+                    serde_json::from_value(Value::Object(data)).map_err(|err| {
+                        PoeError::protocol(format!("invalid `file` event: {err}"), false)
+                    })?;
                 out.push(PoeEvent::File(file));
             }
             "error" => {
@@ -227,13 +228,19 @@ mod tests {
     #[test]
     fn a_normal_stream() {
         let (events, end) = decode(&[
-            event("meta", r#"{"content_type":"text/markdown","suggested_replies":true}"#),
+            event(
+                "meta",
+                r#"{"content_type":"text/markdown","suggested_replies":true}"#,
+            ),
             event("text", r#"{"text":"Hel"}"#),
             event("ping", ""),
             event("text", r#"{"text":"lo","index":0}"#),
             event("replace_response", r#"{"text":"Hi"}"#),
             event("suggested_reply", r#"{"text":"More?"}"#),
-            event("file", r#"{"url":"https://x/y.png","content_type":"image/png","name":"y.png","inline_ref":null}"#),
+            event(
+                "file",
+                r#"{"url":"https://x/y.png","content_type":"image/png","name":"y.png","inline_ref":null}"#,
+            ),
             event("brand_new_event", r#"{"x":1}"#),
             event("done", "{}"),
         ]);
@@ -259,21 +266,48 @@ mod tests {
     #[test]
     fn malformed_events_are_protocol_errors() {
         let (_, end) = decode(&[event("text", "{not json")]);
-        assert!(matches!(end, Err(PoeError::Protocol { retryable: false, .. })));
+        assert!(matches!(
+            end,
+            Err(PoeError::Protocol {
+                retryable: false,
+                ..
+            })
+        ));
         let (_, end) = decode(&[event("text", "[1,2]")]);
-        assert!(matches!(end, Err(PoeError::Protocol { retryable: true, .. })));
+        assert!(matches!(
+            end,
+            Err(PoeError::Protocol {
+                retryable: true,
+                ..
+            })
+        ));
         let (_, end) = decode(&[event("text", r#"{"text": 5}"#)]);
-        assert!(matches!(end, Err(PoeError::Protocol { retryable: false, .. })));
+        assert!(matches!(
+            end,
+            Err(PoeError::Protocol {
+                retryable: false,
+                ..
+            })
+        ));
         let (events, end) = decode(&[event("text", r#"{"text":"partial"}"#)]);
         assert_eq!(events, vec![PoeEvent::Text("partial".into())]);
-        assert!(matches!(end, Err(PoeError::Protocol { retryable: true, .. })));
+        assert!(matches!(
+            end,
+            Err(PoeError::Protocol {
+                retryable: true,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn error_event_ends_the_stream() {
         let (events, end) = decode(&[
             event("text", r#"{"text":"a"}"#),
-            event("error", r#"{"allow_retry":false,"text":"boom","error_type":"user_caused_error"}"#),
+            event(
+                "error",
+                r#"{"allow_retry":false,"text":"boom","error_type":"user_caused_error"}"#,
+            ),
         ]);
         assert_eq!(events, vec![PoeEvent::Text("a".into())]);
         assert!(matches!(end, Err(PoeError::BadRequest { .. })));
@@ -298,7 +332,11 @@ mod tests {
             content_type: "image/png".into(),
             name: "a.png".into(),
         };
-        let body = request_body(&request, &parameters, &[vec![], vec![], vec![], vec![attachment]]);
+        let body = request_body(
+            &request,
+            &parameters,
+            &[vec![], vec![], vec![], vec![attachment]],
+        );
         assert_eq!(body["version"], "1.2");
         assert_eq!(body["type"], "query");
         let query = body["query"].as_array().unwrap();

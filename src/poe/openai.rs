@@ -23,7 +23,13 @@ fn role_name(role: Role) -> &'static str {
 fn sender_name(name: &str) -> Option<String> {
     let cleaned: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     (!cleaned.trim_matches('_').is_empty()).then_some(cleaned)
@@ -56,7 +62,10 @@ fn file_part(file: &InputFile) -> Result<Value, PoeError> {
 
 /// Builds the request body. Custom parameters go to the top level, where the OpenAI SDK's
 /// `extra_body` puts them.
-pub fn request_body(request: &ChatRequest, parameters: &Map<String, Value>) -> Result<Value, PoeError> {
+pub fn request_body(
+    request: &ChatRequest,
+    parameters: &Map<String, Value>,
+) -> Result<Value, PoeError> {
     let mut messages = Vec::with_capacity(request.messages.len());
     for message in &request.messages {
         let content = if message.attachments.is_empty() {
@@ -136,7 +145,9 @@ impl OpenAiDecoder {
         let data = event.data.trim();
         if data == "[DONE]" {
             self.done = true;
-            out.push(PoeEvent::Finished(FinishReason::parse(self.finish_reason.as_deref())));
+            out.push(PoeEvent::Finished(FinishReason::parse(
+                self.finish_reason.as_deref(),
+            )));
             return Ok(());
         }
         if data.is_empty() {
@@ -195,7 +206,11 @@ struct CompletionMessage {
 }
 
 /// Decodes a non-streamed answer.
-pub fn decode_completion(body: &[u8], model: &str, key: &Secret) -> Result<Vec<PoeEvent>, PoeError> {
+pub fn decode_completion(
+    body: &[u8],
+    model: &str,
+    key: &Secret,
+) -> Result<Vec<PoeEvent>, PoeError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|err| PoeError::protocol(format!("invalid JSON answer: {err}"), false))?;
     if let Some(error) = value.get("error") {
@@ -216,7 +231,9 @@ pub fn decode_completion(body: &[u8], model: &str, key: &Secret) -> Result<Vec<P
     if let Some(usage) = completion.usage {
         events.push(PoeEvent::Usage(usage));
     }
-    events.push(PoeEvent::Finished(FinishReason::parse(choice.finish_reason.as_deref())));
+    events.push(PoeEvent::Finished(FinishReason::parse(
+        choice.finish_reason.as_deref(),
+    )));
     Ok(events)
 }
 
@@ -249,7 +266,9 @@ mod tests {
         decoder.on_eof().unwrap();
         assert_eq!(out[0], PoeEvent::Text("Hel".into()));
         assert_eq!(out[1], PoeEvent::Text("lo".into()));
-        let PoeEvent::Usage(usage) = &out[2] else { panic!("{out:?}") };
+        let PoeEvent::Usage(usage) = &out[2] else {
+            panic!("{out:?}")
+        };
         assert_eq!(usage.completion_tokens, Some(2));
         assert_eq!(out[3], PoeEvent::Finished(FinishReason::Length));
     }
@@ -271,7 +290,11 @@ mod tests {
         let decoder = OpenAiDecoder::default();
         assert!(matches!(decoder.on_eof(), Err(PoeError::Protocol { .. })));
         let mut decoder = OpenAiDecoder::default();
-        assert!(decoder.on_event(&data("{oops"), "m", &key, &mut out).is_err());
+        assert!(
+            decoder
+                .on_event(&data("{oops"), "m", &key, &mut out)
+                .is_err()
+        );
     }
 
     #[test]

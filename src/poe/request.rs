@@ -20,7 +20,9 @@ impl TryFrom<String> for Transport {
         match name.to_ascii_lowercase().as_str() {
             "native" => Ok(Transport::Native),
             "openai" => Ok(Transport::OpenAi),
-            _ => Err(format!("`{name}` is not a transport; use `native` or `openai`")),
+            _ => Err(format!(
+                "`{name}` is not a transport; use `native` or `openai`"
+            )),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::PoeClient;
 use super::error::{self, PoeError, TimeoutPhase};
 use super::event::PoeEvent;
 use super::native::{self, NativeDecoder};
@@ -18,7 +19,6 @@ use super::openai::{self, OpenAiDecoder};
 use super::request::{ChatRequest, Transport};
 use super::retry::Retries;
 use super::sse::{SseDecoder, SseEvent};
-use super::PoeClient;
 
 /// Largest non-streamed answer or error body read into memory.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -191,7 +191,11 @@ impl ReplyStream {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(
                 reqwest::header::ACCEPT,
-                if self.streaming() { "text/event-stream" } else { "application/json" },
+                if self.streaming() {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
             )
             .header(reqwest::header::CACHE_CONTROL, "no-store")
             .body(body)
@@ -209,7 +213,9 @@ impl ReplyStream {
         let status = response.status().as_u16();
         if !response.status().is_success() {
             let headers = response.headers().clone();
-            let body = read_limited(response, self.deadline).await.unwrap_or_default();
+            let body = read_limited(response, self.deadline)
+                .await
+                .unwrap_or_default();
             return Err(error::from_http(
                 status,
                 &headers,
@@ -232,9 +238,18 @@ impl ReplyStream {
             return Ok(());
         }
         if !content_type.starts_with("text/event-stream") {
-            let body = read_limited(response, self.deadline).await.unwrap_or_default();
-            if let Ok(error::ErrorBody { error: Some(object) }) = serde_json::from_slice(&body) {
-                return Err(error::from_stream_error(&object, &self.request.model, client.key()));
+            let body = read_limited(response, self.deadline)
+                .await
+                .unwrap_or_default();
+            if let Ok(error::ErrorBody {
+                error: Some(object),
+            }) = serde_json::from_slice(&body)
+            {
+                return Err(error::from_stream_error(
+                    &object,
+                    &self.request.model,
+                    client.key(),
+                ));
             }
             return Err(PoeError::protocol(
                 format!("expected an event stream, got `{content_type}`"),

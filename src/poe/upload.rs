@@ -49,7 +49,13 @@ impl PoeClient {
             let deadline = tokio::time::Instant::now() + self.config().request_timeout();
             let body = stream::read_limited(response, deadline).await?;
             if status.as_u16() != 200 {
-                return Err(error::from_http(status.as_u16(), &headers, &body, None, self.key()));
+                return Err(error::from_http(
+                    status.as_u16(),
+                    &headers,
+                    &body,
+                    None,
+                    self.key(),
+                ));
             }
             let uploaded: UploadResponse = serde_json::from_slice(&body).map_err(|err| {
                 PoeError::protocol(format!("unexpected upload answer: {err}"), false)

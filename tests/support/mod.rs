@@ -1,0 +1,93 @@
+//! Helpers shared by the end-to-end suites: the fake Poe wired to a client, the shared
+//! fixtures, and the Python reference clients.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::path::PathBuf;
+
+use poe_relay::config::PoeConfig;
+use poe_relay::fake_poe::FakePoe;
+use poe_relay::poe::{PoeClient, PoeError, PoeEvent, ReplyStream};
+use poe_relay::secret::Secret;
+
+pub const KEY: &str = "test-key-6f1d0c2a9b";
+
+/// A client configuration aimed at `fake`, with short backoffs so retry tests stay quick.
+pub fn config_for(fake: &FakePoe) -> PoeConfig {
+    PoeConfig {
+        base_url: fake.base_url(),
+        upload_url: fake.upload_url(),
+        initial_backoff_ms: 10,
+        max_backoff_ms: 100,
+        idle_timeout_secs: 10,
+        request_timeout_secs: 60,
+        retry_budget_secs: 30,
+        max_attempts: 3,
+        ..PoeConfig::default()
+    }
+}
+
+pub fn client(config: PoeConfig) -> PoeClient {
+    PoeClient::new(config, Secret::new(KEY)).expect("client")
+}
+
+/// Everything a stream produced: the answer as a user would see it, every event, and the
+/// error it ended with, if any.
+#[derive(Debug)]
+pub struct Outcome {
+    pub answer: String,
+    pub events: Vec<PoeEvent>,
+    pub error: Option<PoeError>,
+}
+
+pub async fn drain(mut stream: ReplyStream) -> Outcome {
+    let mut answer = String::new();
+    let mut events = Vec::new();
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                match &event {
+                    PoeEvent::Text(text) => answer.push_str(text),
+                    PoeEvent::Replace(text) => answer = text.clone(),
+                    _ => {}
+                }
+                events.push(event);
+            }
+            Err(err) => error = Some(err),
+        }
+    }
+    Outcome {
+        answer,
+        events,
+        error,
+    }
+}
+
+/// `../shared` beside the project (read-only), or `POE_RELAY_SHARED`.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("POE_RELAY_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+/// The Python with `fastapi-poe` and `openai` installed: `POE_RELAY_TEST_PYTHON`, or the
+/// venv that `tests/run.sh` builds. Missing is a failure, not a skip.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("POE_RELAY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "the Python reference clients are not installed at {}; run tests/run.sh, which installs them",
+        path.display()
+    );
+    path
+}
+
+pub fn python_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+}
