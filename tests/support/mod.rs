@@ -9,7 +9,8 @@ use poe_relay::fake_poe::FakePoe;
 use poe_relay::poe::{PoeClient, PoeError, PoeEvent, ReplyStream};
 use poe_relay::secret::Secret;
 
-pub const KEY: &str = "test-key-6f1d0c2a9b";
+/// 32 characters: fastapi-poe bot servers insist on that length for their access key.
+pub const KEY: &str = "poe-relay-test-key-0123456789abc";
 
 /// A client configuration aimed at `fake`, with short backoffs so retry tests stay quick.
 pub fn config_for(fake: &FakePoe) -> PoeConfig {
