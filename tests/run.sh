@@ -17,4 +17,4 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-req
 fi
 export POE_RELAY_TEST_PYTHON="$PWD/$venv/bin/python"
 
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"
