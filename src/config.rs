@@ -372,24 +372,24 @@ fn describe_config_error(err: config::ConfigError, file: Option<&Path>) -> Strin
         .replace("]", "].")
         .replace("].`", "]`")
         .replace("]..", "].");
-    if let Some(rest) = text.strip_prefix("unknown field `") {
-        if let Some((field, rest)) = rest.split_once('`') {
-            let parent = rest
-                .rsplit_once("for key `")
-                .and_then(|(_, key)| key.split_once('`'))
-                .map(|(key, _)| format!("{key}."))
-                .unwrap_or_default();
-            let known = rest
-                .split_once("expected ")
-                .map(|(_, expected)| expected.split(" for key").next().unwrap_or(expected))
-                .unwrap_or("");
-            return format!("{parent}{field}: unknown key (expected {known}){origin}");
-        }
+    if let Some(rest) = text.strip_prefix("unknown field `")
+        && let Some((field, rest)) = rest.split_once('`')
+    {
+        let parent = rest
+            .rsplit_once("for key `")
+            .and_then(|(_, key)| key.split_once('`'))
+            .map(|(key, _)| format!("{key}."))
+            .unwrap_or_default();
+        let known = rest
+            .split_once("expected ")
+            .map(|(_, expected)| expected.split(" for key").next().unwrap_or(expected))
+            .unwrap_or("");
+        return format!("{parent}{field}: unknown key (expected {known}){origin}");
     }
-    if let Some((message, rest)) = text.split_once(" for key `") {
-        if let Some((key, _)) = rest.split_once('`') {
-            return format!("{key}: {message}{origin}");
-        }
+    if let Some((message, rest)) = text.split_once(" for key `")
+        && let Some((key, _)) = rest.split_once('`')
+    {
+        return format!("{key}: {message}{origin}");
     }
     format!("{text}{origin}")
 }

@@ -139,8 +139,8 @@ async fn models(config: Config) -> Result<()> {
     let mut models = client.list_models().await?;
     models.sort_by_key(|model| model.id.to_ascii_lowercase());
     println!(
-        "{:<40} {:>12} {:>12} {:>10} {:>10} {}",
-        "MODEL", "IN $/Mtok", "OUT $/Mtok", "$/REQUEST", "CONTEXT", "OUTPUT"
+        "{:<40} {:>12} {:>12} {:>10} {:>10} OUTPUT",
+        "MODEL", "IN $/Mtok", "OUT $/Mtok", "$/REQUEST", "CONTEXT"
     );
     for model in &models {
         println!("{}", model_row(model));
@@ -189,7 +189,7 @@ async fn balance(config: Config, history: u32) -> Result<()> {
     }
     if history > 0 {
         let page = client.points_history(history, None).await?;
-        println!("{:<24} {:<28} {:>10} {}", "QUERY", "BOT", "POINTS", "TYPE");
+        println!("{:<24} {:<28} {:>10} TYPE", "QUERY", "BOT", "POINTS");
         for entry in page.data {
             println!(
                 "{:<24} {:<28} {:>10} {}",

@@ -20,7 +20,10 @@ fn shipped_config() -> String {
 
 async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BINARY);
-    command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (key, value) in env {
         command.env(key, value);
     }
@@ -37,7 +40,11 @@ fn text(output: &Output) -> String {
 
 #[tokio::test]
 async fn check_config_accepts_the_shipped_config() {
-    let output = run(&["check-config", "--config", &shipped_config()], &[("POE_API_KEY", KEY)]).await;
+    let output = run(
+        &["check-config", "--config", &shipped_config()],
+        &[("POE_API_KEY", KEY)],
+    )
+    .await;
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("configuration OK"));
     assert!(!text(&output).contains(KEY), "the key was printed");
@@ -47,11 +54,26 @@ async fn check_config_accepts_the_shipped_config() {
 async fn check_config_rejects_broken_configs_precisely() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[poe]\nbase_urll = \"https://api.poe.com\"\n", "poe.base_urll: unknown key"),
-        ("[poe]\nrequests_per_minute = \"lots\"\n", "poe.requests_per_minute: invalid type"),
-        ("[poe]\nrequests_per_minute = 0\n", "poe.requests_per_minute: must be at least 1"),
-        ("[[poe.models]]\nname = \"x\"\ntransport = \"grpc\"\n", "poe.models[0].transport: `grpc` is not a transport"),
-        ("[poe]\napi_key = \"sk-leaked-123\"\n", "poe.api_key: secrets are not read from the config file"),
+        (
+            "[poe]\nbase_urll = \"https://api.poe.com\"\n",
+            "poe.base_urll: unknown key",
+        ),
+        (
+            "[poe]\nrequests_per_minute = \"lots\"\n",
+            "poe.requests_per_minute: invalid type",
+        ),
+        (
+            "[poe]\nrequests_per_minute = 0\n",
+            "poe.requests_per_minute: must be at least 1",
+        ),
+        (
+            "[[poe.models]]\nname = \"x\"\ntransport = \"grpc\"\n",
+            "poe.models[0].transport: `grpc` is not a transport",
+        ),
+        (
+            "[poe]\napi_key = \"sk-leaked-123\"\n",
+            "poe.api_key: secrets are not read from the config file",
+        ),
         ("[poe\n", "TOML parse error"),
     ];
     for (index, (toml, expected)) in cases.iter().enumerate() {
@@ -64,8 +86,14 @@ async fn check_config_rejects_broken_configs_precisely() {
         .await;
         assert!(!output.status.success(), "accepted {toml:?}");
         let said = text(&output);
-        assert!(said.contains(expected), "for {toml:?} expected {expected:?} in:\n{said}");
-        assert!(!said.contains("sk-leaked-123") && !said.contains(KEY), "{said}");
+        assert!(
+            said.contains(expected),
+            "for {toml:?} expected {expected:?} in:\n{said}"
+        );
+        assert!(
+            !said.contains("sk-leaked-123") && !said.contains(KEY),
+            "{said}"
+        );
     }
 
     let output = run(
@@ -73,14 +101,22 @@ async fn check_config_rejects_broken_configs_precisely() {
         &[("POE_API_KEY", KEY), ("POE_RELAY__POE__MAX_ATTEMPTS", "0")],
     )
     .await;
-    assert!(text(&output).contains("poe.max_attempts: must be at least 1"), "{}", text(&output));
+    assert!(
+        text(&output).contains("poe.max_attempts: must be at least 1"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[tokio::test]
 async fn check_config_requires_the_key_and_reads_key_files() {
     let output = run(&["check-config", "--config", &shipped_config()], &[]).await;
     assert!(!output.status.success());
-    assert!(text(&output).contains("POE_API_KEY is not set"), "{}", text(&output));
+    assert!(
+        text(&output).contains("POE_API_KEY is not set"),
+        "{}",
+        text(&output)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("poe-key");
@@ -92,9 +128,17 @@ async fn check_config_requires_the_key_and_reads_key_files() {
     .await;
     assert!(output.status.success(), "{}", text(&output));
 
-    let output = run(&["check-config", "--config", "/nonexistent/poe-relay.toml"], &[("POE_API_KEY", KEY)]).await;
+    let output = run(
+        &["check-config", "--config", "/nonexistent/poe-relay.toml"],
+        &[("POE_API_KEY", KEY)],
+    )
+    .await;
     assert!(!output.status.success());
-    assert!(text(&output).contains("/nonexistent/poe-relay.toml does not exist"), "{}", text(&output));
+    assert!(
+        text(&output).contains("/nonexistent/poe-relay.toml does not exist"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[tokio::test]
@@ -102,21 +146,37 @@ async fn models_and_balance_talk_to_poe() {
     let fake = FakePoe::start(KEY).await.unwrap();
     fake.set_balance(12_345);
     let base = fake.base_url();
-    let env = [("POE_API_KEY", KEY), ("POE_RELAY__POE__BASE_URL", base.as_str())];
+    let env = [
+        ("POE_API_KEY", KEY),
+        ("POE_RELAY__POE__BASE_URL", base.as_str()),
+    ];
     let config = shipped_config();
 
     let output = run(&["models", "--config", &config], &env).await;
     assert!(output.status.success(), "{}", text(&output));
     let listing = String::from_utf8_lossy(&output.stdout);
-    let sonnet = listing.lines().find(|line| line.starts_with("Claude-Sonnet-4.6")).expect(&listing);
-    assert!(sonnet.contains("2.60") && sonnet.contains("13.00"), "{sonnet}");
+    let sonnet = listing
+        .lines()
+        .find(|line| line.starts_with("Claude-Sonnet-4.6"))
+        .expect(&listing);
+    assert!(
+        sonnet.contains("2.60") && sonnet.contains("13.00"),
+        "{sonnet}"
+    );
     assert!(listing.contains("3 models"), "{listing}");
 
     let output = run(&["balance", "--config", &config, "--history", "5"], &env).await;
     assert!(output.status.success(), "{}", text(&output));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("points: 12345"), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("points: 12345"),
+        "{}",
+        text(&output)
+    );
 
-    let wrong = [("POE_API_KEY", "wrong-key-000"), ("POE_RELAY__POE__BASE_URL", base.as_str())];
+    let wrong = [
+        ("POE_API_KEY", "wrong-key-000"),
+        ("POE_RELAY__POE__BASE_URL", base.as_str()),
+    ];
     let output = run(&["balance", "--config", &config], &wrong).await;
     assert!(!output.status.success());
     let said = text(&output);

@@ -251,7 +251,8 @@ async fn permanent_errors_are_not_retried_and_are_typed() {
         ),
     );
     let client = client(config_for(&fake));
-    let cases: [(&str, fn(&PoeError) -> bool); 4] = [
+    type Check = fn(&PoeError) -> bool;
+    let cases: [(&str, Check); 4] = [
         ("broke", |e| matches!(e, PoeError::OutOfPoints)),
         (
             "nobody",

@@ -43,22 +43,43 @@ async fn run_python(args: &[&str]) -> Value {
 }
 
 fn script_fake(fake: &FakePoe) {
-    fake.script("streamer", Scenario::Text {
-        text: STREAMED.into(),
-        chunk_chars: 3,
-        interval: Duration::from_millis(2),
-    });
-    fake.script("replacer", Scenario::Replace { before: "a draft".into(), after: "final".into() });
-    fake.script("suggester", Scenario::Suggested { text: "main".into(), replies: vec!["Tell me more".into()] });
-    fake.script("imagebot", Scenario::Media {
-        url: IMAGE_URL.into(),
-        content_type: "image/png".into(),
-        name: "cat.png".into(),
-    });
-    fake.script("failing", Scenario::ErrorMidStream {
-        before: "partial ".into(),
-        error: json!({"allow_retry": false, "text": "the bot failed"}),
-    });
+    fake.script(
+        "streamer",
+        Scenario::Text {
+            text: STREAMED.into(),
+            chunk_chars: 3,
+            interval: Duration::from_millis(2),
+        },
+    );
+    fake.script(
+        "replacer",
+        Scenario::Replace {
+            before: "a draft".into(),
+            after: "final".into(),
+        },
+    );
+    fake.script(
+        "suggester",
+        Scenario::Suggested {
+            text: "main".into(),
+            replies: vec!["Tell me more".into()],
+        },
+    );
+    fake.script(
+        "imagebot",
+        Scenario::Media {
+            url: IMAGE_URL.into(),
+            content_type: "image/png".into(),
+            name: "cat.png".into(),
+        },
+    );
+    fake.script(
+        "failing",
+        Scenario::ErrorMidStream {
+            before: "partial ".into(),
+            error: json!({"allow_retry": false, "text": "the bot failed"}),
+        },
+    );
     fake.script("limited", Scenario::Status {
         status: 429,
         body: json!({"error": {"message": "Rate limit exceeded", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}),
@@ -90,7 +111,12 @@ async fn official_clients_accept_the_fake() {
     assert_eq!(result["fp_file"]["files"][0]["content_type"], "image/png");
     assert_eq!(result["fp_error"]["text"], "partial ");
     assert_eq!(result["fp_error"]["error"]["class"], "BotErrorNoRetry");
-    assert!(result["fp_error"]["error"]["message"].as_str().unwrap().contains("the bot failed"));
+    assert!(
+        result["fp_error"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the bot failed")
+    );
     let native_failing = fake
         .chat_requests("failing")
         .into_iter()
@@ -104,7 +130,10 @@ async fn official_clients_accept_the_fake() {
     assert_eq!(result["fp_upload"]["name"], "note.txt");
     let uploads = fake.uploads();
     assert_eq!(uploads[0].bytes, b"hello attachment");
-    assert_eq!(uploads[1].download_url.as_deref(), Some("https://cdn.example/cat.png"));
+    assert_eq!(
+        uploads[1].download_url.as_deref(),
+        Some("https://cdn.example/cat.png")
+    );
     assert_eq!(result["fp_with_attachment"]["text"], "see attached");
     let official_body = fake
         .chat_requests("echo")
@@ -112,8 +141,14 @@ async fn official_clients_accept_the_fake() {
         .map(|request| request.body)
         .find(|body| body["query"][0]["content"] == "see attached")
         .expect("the attachment question");
-    assert_eq!(official_body["query"][0]["attachments"][0]["url"], result["fp_upload"]["url"]);
-    assert_eq!(official_body["query"][0]["parameters"], json!({"thinking_budget": 1000}));
+    assert_eq!(
+        official_body["query"][0]["attachments"][0]["url"],
+        result["fp_upload"]["url"]
+    );
+    assert_eq!(
+        official_body["query"][0]["parameters"],
+        json!({"thinking_budget": 1000})
+    );
 
     // The Rust client's native body has exactly the fields the official client sends.
     let rust = client(config_for(&fake));
@@ -124,11 +159,16 @@ async fn official_clients_accept_the_fake() {
         source: FileSource::Bytes(Bytes::from_static(b"hello attachment")),
     });
     let mut request = ChatRequest::new("echo", vec![message]);
-    request.parameters.insert("thinking_budget".into(), json!(1000));
+    request
+        .parameters
+        .insert("thinking_budget".into(), json!(1000));
     assert_eq!(drain(rust.stream(request)).await.answer, "see attached");
     let our_body = fake.chat_requests("echo").pop().unwrap().body;
     assert_eq!(keys(&our_body), keys(&official_body));
-    assert_eq!(keys(&our_body["query"][0]), keys(&official_body["query"][0]));
+    assert_eq!(
+        keys(&our_body["query"][0]),
+        keys(&official_body["query"][0])
+    );
     assert_eq!(
         keys(&our_body["query"][0]["attachments"][0]),
         keys(&official_body["query"][0]["attachments"][0])
@@ -138,12 +178,25 @@ async fn official_clients_accept_the_fake() {
     // openai SDK: streaming with usage, non-streaming with extra_body, errors.
     assert_eq!(result["openai_stream"]["text"], STREAMED);
     assert_eq!(result["openai_stream"]["finish_reason"], "stop");
-    let completion_tokens = result["openai_stream"]["usage"]["completion_tokens"].as_u64().unwrap();
-    assert_eq!(completion_tokens, (STREAMED.chars().count() as u64).div_ceil(4));
+    let completion_tokens = result["openai_stream"]["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        completion_tokens,
+        (STREAMED.chars().count() as u64).div_ceil(4)
+    );
     let whole = result["openai_whole"]["text"].as_str().unwrap();
-    assert!(whole.contains(&format!("![cat.png]({IMAGE_URL})")), "{whole}");
+    assert!(
+        whole.contains(&format!("![cat.png]({IMAGE_URL})")),
+        "{whole}"
+    );
     assert_eq!(result["openai_whole"]["finish_reason"], "stop");
-    assert!(result["openai_whole"]["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(
+        result["openai_whole"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("chatcmpl-")
+    );
     let image_request = fake.chat_requests("imagebot").pop().unwrap().body;
     assert_eq!(image_request["aspect_ratio"], "16:9");
     assert_eq!(image_request["stream"], false);
@@ -153,8 +206,12 @@ async fn official_clients_accept_the_fake() {
     assert_eq!(result["openai_midstream_error"]["text"], "partial ");
 
     // And the Rust client reads the same fake the same way.
-    for (model, transport) in [("streamer", Transport::Native), ("streamer", Transport::OpenAi)] {
-        let request = ChatRequest::new(model, vec![ChatMessage::user("x")]).with_transport(transport);
+    for (model, transport) in [
+        ("streamer", Transport::Native),
+        ("streamer", Transport::OpenAi),
+    ] {
+        let request =
+            ChatRequest::new(model, vec![ChatMessage::user("x")]).with_transport(transport);
         assert_eq!(drain(rust.stream(request)).await.answer, STREAMED);
     }
 }
@@ -180,10 +237,15 @@ async fn start_reference_bot() -> ReferenceBot {
         .expect("the reference bot did not start within a minute")
         .unwrap()
         .expect("the reference bot exited");
-    let port = serde_json::from_str::<Value>(&first).unwrap()["port"].as_u64().unwrap() as u16;
+    let port = serde_json::from_str::<Value>(&first).unwrap()["port"]
+        .as_u64()
+        .unwrap() as u16;
     // The socket is bound before the port is printed; wait until uvicorn answers.
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -211,7 +273,11 @@ async fn rust_client_gets_what_fastapi_poe_gets_from_a_real_bot_server() {
             vec![ChatMessage::user(question)],
         )))
         .await;
-        assert_eq!(ours.answer, official["text"].as_str().unwrap(), "{question}");
+        assert_eq!(
+            ours.answer,
+            official["text"].as_str().unwrap(),
+            "{question}"
+        );
         let suggested: Vec<Value> = ours
             .events
             .iter()
@@ -221,18 +287,43 @@ async fn rust_client_gets_what_fastapi_poe_gets_from_a_real_bot_server() {
             })
             .collect();
         assert_eq!(Value::Array(suggested), official["suggested"], "{question}");
-        assert_eq!(ours.error.is_some(), !official["error"].is_null(), "{question}: {ours:?}");
+        assert_eq!(
+            ours.error.is_some(),
+            !official["error"].is_null(),
+            "{question}: {ours:?}"
+        );
     }
-    let streamed = drain(rust.stream(ChatRequest::new("ReferenceBot", vec![ChatMessage::user("stream")]))).await;
+    let streamed = drain(rust.stream(ChatRequest::new(
+        "ReferenceBot",
+        vec![ChatMessage::user("stream")],
+    )))
+    .await;
     assert_eq!(streamed.answer, "Hello, wörld 👋🏽!");
-    let failed = drain(rust.stream(ChatRequest::new("ReferenceBot", vec![ChatMessage::user("error")]))).await;
+    let failed = drain(rust.stream(ChatRequest::new(
+        "ReferenceBot",
+        vec![ChatMessage::user("error")],
+    )))
+    .await;
     assert_eq!(failed.answer, "partial ");
-    assert!(matches!(failed.error, Some(PoeError::ModelError { retryable: false, .. })), "{failed:?}");
+    assert!(
+        matches!(
+            failed.error,
+            Some(PoeError::ModelError {
+                retryable: false,
+                ..
+            })
+        ),
+        "{failed:?}"
+    );
 
     // The server validates our body with fastapi-poe's own pydantic models.
     let mut request = ChatRequest::new("ReferenceBot", vec![ChatMessage::user("params")]);
-    request.parameters.insert("thinking_budget".into(), json!(1000));
-    request.parameters.insert("aspect_ratio".into(), json!("16:9"));
+    request
+        .parameters
+        .insert("thinking_budget".into(), json!(1000));
+    request
+        .parameters
+        .insert("aspect_ratio".into(), json!("16:9"));
     let echoed = drain(rust.stream(request)).await;
     assert_eq!(echoed.error, None);
     assert_eq!(

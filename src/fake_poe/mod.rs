@@ -380,10 +380,10 @@ fn http_level(scenario: &Scenario) -> Option<Response> {
         } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut response = (status, axum::Json(body.clone())).into_response();
-            if let Some(seconds) = retry_after {
-                if let Ok(value) = seconds.to_string().parse() {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
+            if let Some(seconds) = retry_after
+                && let Ok(value) = seconds.to_string().parse()
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
             }
             Some(response)
         }

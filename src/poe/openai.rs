@@ -160,10 +160,10 @@ impl OpenAiDecoder {
             return Err(error::from_stream_error(error, model, key));
         }
         for choice in chunk.choices {
-            if let Some(text) = choice.delta.and_then(|delta| delta.content) {
-                if !text.is_empty() {
-                    out.push(PoeEvent::Text(text));
-                }
+            if let Some(text) = choice.delta.and_then(|delta| delta.content)
+                && !text.is_empty()
+            {
+                out.push(PoeEvent::Text(text));
             }
             if choice.finish_reason.is_some() {
                 self.finish_reason = choice.finish_reason;

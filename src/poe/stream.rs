@@ -98,20 +98,19 @@ impl ReplyStream {
                 },
             };
             self.live = None;
-            if !self.output_seen {
-                if let Some(delay) = self.retries.delay_after(&error) {
-                    if Instant::now() + delay < self.deadline {
-                        tracing::warn!(
-                            model = %self.request.model,
-                            attempt = self.retries.attempts(),
-                            delay_ms = delay.as_millis() as u64,
-                            error = %error,
-                            "Poe request failed; retrying"
-                        );
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                }
+            if !self.output_seen
+                && let Some(delay) = self.retries.delay_after(&error)
+                && Instant::now() + delay < self.deadline
+            {
+                tracing::warn!(
+                    model = %self.request.model,
+                    attempt = self.retries.attempts(),
+                    delay_ms = delay.as_millis() as u64,
+                    error = %error,
+                    "Poe request failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                continue;
             }
             self.finished = true;
             return Some(Err(error));
