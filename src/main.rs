@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 
 use poe_relay::config::Config;
 use poe_relay::poe::{ModelInfo, PoeClient};
@@ -115,22 +116,18 @@ fn check_config(config: &Config, path: Option<&Path>) -> Result<()> {
 async fn run(config: Config) -> Result<()> {
     poe_relay::logging::init(&config.log);
     let _client = poe_client(&config)?;
+    // Listen before announcing the start, so a signal sent right after it is not lost.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     tracing::info!(
         base_url = %config.poe.base_url,
         "poe-relay started; no chat platform is enabled in this version"
     );
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
-    Ok(())
-}
-
-async fn shutdown_signal() -> Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
     tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
         _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
+    tracing::info!("shutting down");
     Ok(())
 }
 

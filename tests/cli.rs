@@ -183,3 +183,47 @@ async fn models_and_balance_talk_to_poe() {
     assert!(said.contains("rejected the API key"), "{said}");
     assert!(!said.contains("wrong-key-000"), "{said}");
 }
+
+#[tokio::test]
+async fn run_logs_json_on_request_and_stops_cleanly_on_sigterm() {
+    let child = Command::new(BINARY)
+        .args(["run", "--config", &shipped_config()])
+        .env_clear()
+        .env("POE_API_KEY", KEY)
+        .env("POE_RELAY__LOG__FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let pid = child.id().unwrap().to_string();
+    // Wait for the start-up line before signalling, so the handler is installed.
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
+    )
+    .await
+    .expect("no log line within 30 s")
+    .unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|err| panic!("not JSON ({err}): {first}"));
+    assert_eq!(line["level"], "INFO");
+    assert!(
+        line["message"].as_str().unwrap().contains("started"),
+        "{line}"
+    );
+    assert!(!first.contains(KEY));
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("did not exit within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
