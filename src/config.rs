@@ -22,6 +22,119 @@ pub struct Config {
     pub poe: PoeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub chat: ChatConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// How conversations behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// The model of a channel that has not chosen one.
+    pub default_model: String,
+    /// Replies streamed at once across all channels; more wait their turn.
+    pub max_concurrent_replies: usize,
+    /// Context sent to Poe: at most this many earlier turns…
+    pub history_max_turns: usize,
+    /// …and at most this many characters of them.
+    pub history_max_chars: usize,
+    /// Turns older than this are deleted.
+    pub history_retention_days: u64,
+    /// The longest answer asked for, in tokens (also the worst case a reservation prices).
+    pub max_output_tokens: u32,
+    /// Largest attachment passed to Poe, in bytes.
+    pub max_attachment_bytes: u64,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            default_model: "Claude-Sonnet-4.6".into(),
+            max_concurrent_replies: 64,
+            history_max_turns: 20,
+            history_max_chars: 24_000,
+            history_retention_days: 30,
+            max_output_tokens: 4096,
+            max_attachment_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Point budgets per user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// "day", "week" (from Monday) or "month", in UTC.
+    pub period: BudgetPeriod,
+    /// Points each user may spend per period unless an admin sets otherwise.
+    pub default_points: i64,
+    /// Admins spend without a limit (their spending is still recorded).
+    pub admins_exempt: bool,
+    /// How many Poe points one US dollar buys, to price models whose cost Poe gives in USD.
+    pub points_per_usd: f64,
+    /// Reserved (and charged) per request to a model with no price and no configured cost.
+    pub unpriced_request_points: i64,
+    /// How often to compare the ledger with Poe's points history.
+    pub reconcile_interval_secs: u64,
+    /// Only requests finished at least this long ago are reconciled (Poe's history lags).
+    pub reconcile_after_secs: u64,
+    /// How far a Poe history entry may lie outside a request's start and end and still match.
+    pub reconcile_slack_secs: u64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            period: BudgetPeriod::Day,
+            default_points: 20_000,
+            admins_exempt: true,
+            points_per_usd: 33_000.0,
+            unpriced_request_points: 1_000,
+            reconcile_interval_secs: 300,
+            reconcile_after_secs: 60,
+            reconcile_slack_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum BudgetPeriod {
+    Day,
+    Week,
+    Month,
+}
+
+impl TryFrom<String> for BudgetPeriod {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "day" => Ok(BudgetPeriod::Day),
+            "week" => Ok(BudgetPeriod::Week),
+            "month" => Ok(BudgetPeriod::Month),
+            _ => Err(format!("`{name}` is not a period; use `day`, `week` or `month`")),
+        }
+    }
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: std::path::PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: "data/poe-relay.sled".into(),
+        }
+    }
 }
 
 /// How to reach Poe and how hard to try.
@@ -40,6 +153,7 @@ pub struct PoeConfig {
     pub max_backoff_ms: u64,
     pub retry_budget_secs: u64,
     pub max_event_bytes: usize,
+    pub max_answer_bytes: usize,
     pub models: Vec<ModelConfig>,
 }
 
@@ -58,6 +172,7 @@ impl Default for PoeConfig {
             max_backoff_ms: 10_000,
             retry_budget_secs: 60,
             max_event_bytes: 4 * 1024 * 1024,
+            max_answer_bytes: 8 * 1024 * 1024,
             models: Vec::new(),
         }
     }
@@ -107,6 +222,9 @@ pub struct ModelConfig {
     pub transport: Option<Transport>,
     #[serde(default)]
     pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// Points one request costs, for models Poe gives no price for (image, video bots).
+    #[serde(default)]
+    pub points_per_request: Option<i64>,
 }
 
 /// Log output.
@@ -187,6 +305,9 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("password", "MATRIX_PASSWORD"),
     ("access_token", "MATRIX_ACCESS_TOKEN"),
 ];
+
+/// The longest timeout or backoff accepted: one day.
+const MAX_SECONDS: u64 = 86_400;
 
 /// Keys of the OpenAI request body that per-model parameters must not overwrite.
 const RESERVED_PARAMETERS: &[&str] = &[
@@ -297,6 +418,20 @@ impl Config {
         }
         if poe.max_event_bytes < 1024 {
             problem("poe.max_event_bytes", "must be at least 1024");
+        }
+        if poe.max_answer_bytes < poe.max_event_bytes {
+            problem("poe.max_answer_bytes", "must be at least poe.max_event_bytes");
+        }
+        for (key, value) in [
+            ("poe.connect_timeout_secs", poe.connect_timeout_secs),
+            ("poe.idle_timeout_secs", poe.idle_timeout_secs),
+            ("poe.request_timeout_secs", poe.request_timeout_secs),
+            ("poe.retry_budget_secs", poe.retry_budget_secs),
+            ("poe.max_backoff_ms", poe.max_backoff_ms / 1000),
+        ] {
+            if value > MAX_SECONDS {
+                problem(key, "must be at most one day");
+            }
         }
         let mut seen = BTreeMap::new();
         for (index, model) in poe.models.iter().enumerate() {

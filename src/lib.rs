@@ -5,7 +5,10 @@
 //! benchmarks (and runnable as the `fake-poe` binary).
 
 pub mod config;
+pub mod core;
 pub mod fake_poe;
 pub mod logging;
+pub mod platform;
 pub mod poe;
 pub mod secret;
+pub mod store;

@@ -64,7 +64,10 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<()> {
     let config_path = resolve_config_path(cli.config.as_deref())?;
-    let config = Config::load(config_path.as_deref(), std::env::vars())
+    // Non-UTF-8 variables cannot be configuration overrides; skip them instead of panicking.
+    let env = std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
+    let config = Config::load(config_path.as_deref(), env)
         .map_err(|err| anyhow::anyhow!("the configuration is not valid:\n{err}"))?;
     match cli.command {
         Command::CheckConfig => check_config(&config, config_path.as_deref()),

@@ -643,3 +643,114 @@ async fn balance_and_history_pages() {
     assert_eq!(newest.data[0].bot_name.as_deref(), Some("echo"));
     assert_eq!(fake.balance(), before - cost);
 }
+
+#[tokio::test]
+async fn a_server_echoing_the_key_cannot_leak_it() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script("leak400", Scenario::status(400, "invalid_request_error", "invalid_parameter", &format!("bad key {KEY}")));
+    fake.script("leak500", Scenario::fail_then(
+        Scenario::status(503, "unavailable", "unavailable", &format!("down for {KEY}")),
+        5,
+        Scenario::Echo,
+    ));
+    fake.script("leakevent", Scenario::ErrorMidStream {
+        before: String::new(),
+        error: json!({"allow_retry": false, "text": format!("denied for {KEY}")}),
+    });
+    fake.script("leaktype", raw_sse(&format!("data: {{\"choices\": \"{KEY}\"}}\n\n")));
+    fake.script("leakctype", Scenario::Raw {
+        status: 200,
+        content_type: format!("text/html; k={KEY}"),
+        body: "x".into(),
+    });
+    let client = client(config_for(&fake));
+    for model in ["leak400", "leak500", "leakevent", "leaktype", "leakctype"] {
+        let transport = if model == "leaktype" { Transport::OpenAi } else { Transport::Native };
+        let outcome = drain(client.stream(ask(model, "q").with_transport(transport))).await;
+        let error = outcome.error.unwrap_or_else(|| panic!("{model}: no error"));
+        let shown = format!("{error} | {error:?} | {}", error.user_message());
+        assert!(!shown.contains(KEY), "{model} leaked the key: {shown}");
+    }
+}
+
+#[tokio::test]
+async fn a_stall_before_any_text_is_retried() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script("m", Scenario::fail_then(Scenario::Stall { before: String::new() }, 1, Scenario::text("awake")));
+    let mut config = config_for(&fake);
+    config.idle_timeout_secs = 1;
+    let client = client(config);
+    let outcome = drain(client.stream(ask("m", "q"))).await;
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.answer, "awake");
+    assert_eq!(fake.chat_requests("m").len(), 2);
+}
+
+#[tokio::test]
+async fn openai_error_payloads_with_integer_codes_and_null_errors() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script("int402", raw_sse("data: {\"error\": {\"code\": 402, \"message\": \"no points\"}}\n\n"));
+    fake.script("json200", Scenario::Raw {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"error": {"code": 401, "type": "authentication_error", "message": "bad key"}}"#.into(),
+    });
+    fake.script("nullerror", Scenario::Raw {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"error": null, "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}]}"#.into(),
+    });
+    let client = client(config_for(&fake));
+    let openai = |model| ask(model, "q").with_transport(Transport::OpenAi);
+    let outcome = drain(client.stream(openai("int402"))).await;
+    assert_eq!(outcome.error, Some(PoeError::OutOfPoints));
+    assert_eq!(fake.chat_requests("int402").len(), 1);
+    let outcome = drain(client.stream(openai("json200"))).await;
+    assert!(matches!(outcome.error, Some(PoeError::InvalidKey { .. })), "{outcome:?}");
+    let mut whole = openai("nullerror");
+    whole.streaming = false;
+    let outcome = drain(client.stream(whole)).await;
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.answer, "fine");
+}
+
+#[tokio::test]
+async fn model_names_cannot_change_the_path() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let client = client(config_for(&fake));
+    let outcome = drain(client.stream(ask("../v1/models?x=1#y", "hello"))).await;
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.answer, "hello");
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!(sent.path, "/bot/../v1/models?x=1#y");
+}
+
+#[tokio::test]
+async fn a_failed_upload_fails_the_answer_without_asking_poe() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let mut config = config_for(&fake);
+    config.upload_url = format!("{}/nowhere", fake.base_url());
+    let client = client(config);
+    let mut message = ChatMessage::user("look");
+    message.attachments.push(InputFile {
+        name: "a.png".into(),
+        content_type: "image/png".into(),
+        source: FileSource::Bytes(Bytes::from_static(b"png")),
+    });
+    let outcome = drain(client.stream(ChatRequest::new("echo", vec![message]))).await;
+    assert!(outcome.error.is_some());
+    assert!(fake.chat_requests("echo").is_empty());
+}
+
+#[tokio::test]
+async fn an_endless_answer_is_cut_off() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script("endless", Scenario::Huge { chars: 3_000_000 });
+    let mut config = config_for(&fake);
+    config.max_answer_bytes = 1_000_000;
+    let client = client(config);
+    let outcome = drain(client.stream(ask("endless", "q"))).await;
+    let Some(PoeError::Protocol { detail, .. }) = &outcome.error else { panic!("{:?}", outcome.error) };
+    assert!(detail.contains("longer than 1000000"), "{detail}");
+    assert!(outcome.answer.len() <= 1_000_000 + 1024);
+}

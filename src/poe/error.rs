@@ -130,6 +130,32 @@ impl PoeError {
         }
     }
 
+    /// Runs every server-derived detail through [`clean_detail`]: parser messages quote the
+    /// offending value, which a hostile or broken server could make the key itself.
+    pub(crate) fn scrubbed(self, key: &Secret) -> Self {
+        let clean = |detail: String| clean_detail(&detail, key);
+        match self {
+            PoeError::BadRequest { detail } => PoeError::BadRequest { detail: clean(detail) },
+            PoeError::Refused { detail } => PoeError::Refused { detail: clean(detail) },
+            PoeError::ModelNotFound { model } => PoeError::ModelNotFound { model: clean(model) },
+            PoeError::RequestTooLarge { detail } => PoeError::RequestTooLarge { detail: clean(detail) },
+            PoeError::Unavailable { detail, retry_after, retryable } => PoeError::Unavailable {
+                detail: clean(detail),
+                retry_after,
+                retryable,
+            },
+            PoeError::ModelError { detail, retryable } => PoeError::ModelError {
+                detail: clean(detail),
+                retryable,
+            },
+            PoeError::Protocol { detail, retryable } => PoeError::Protocol {
+                detail: clean(detail),
+                retryable,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn protocol(detail: impl Into<String>, retryable: bool) -> Self {
         PoeError::Protocol {
             detail: detail.into(),
@@ -265,6 +291,16 @@ pub(crate) fn from_http(
 /// Maps an error object found inside a stream (OpenAI transport) to an error.
 pub(crate) fn from_stream_error(object: &ErrorObject, model: &str, key: &Secret) -> PoeError {
     let detail = clean_detail(object.message.as_deref().unwrap_or("error in stream"), key);
+    // Some of Poe's pages give `code` as the HTTP status; map it like one.
+    if let Some(status) = object
+        .code
+        .as_ref()
+        .and_then(serde_json::Value::as_u64)
+        .filter(|code| (400..600).contains(code))
+    {
+        let body = serde_json::json!({"error": {"message": detail, "type": object.kind}});
+        return from_http(status as u16, &HeaderMap::new(), body.to_string().as_bytes(), Some(model), key);
+    }
     if object.mentions(&[
         "insufficient_points",
         "insufficient_quota",
@@ -312,7 +348,7 @@ pub(crate) fn from_error_event(event: &ErrorEvent, key: &Secret) -> PoeError {
         Some("user_message_too_long") => PoeError::RequestTooLarge { detail },
         Some("user_caused_error") => PoeError::BadRequest { detail },
         Some("privacy_authorization_error") => PoeError::Refused { detail },
-        _ if text.to_ascii_lowercase().contains("rate limit") => {
+        _ if retryable && text.to_ascii_lowercase().contains("rate limit") => {
             PoeError::RateLimited { retry_after: None }
         }
         _ => PoeError::ModelError { detail, retryable },

@@ -157,6 +157,18 @@ impl PoeClient {
         format!("{}{path}", self.inner.config.base_url.trim_end_matches('/'))
     }
 
+    /// `{base}/bot/{model}`, with the model name as one encoded path segment, so a name
+    /// like `../v1/models` or `a?b` cannot change where the request goes.
+    pub(crate) fn bot_url(&self, model: &str) -> Result<reqwest::Url, PoeError> {
+        let mut url = reqwest::Url::parse(&self.url("/bot/"))
+            .map_err(|err| PoeError::protocol(format!("poe.base_url is not a URL: {err}"), false))?;
+        url.path_segments_mut()
+            .map_err(|()| PoeError::protocol("poe.base_url cannot carry a path", false))?
+            .pop_if_empty()
+            .push(model);
+        Ok(url)
+    }
+
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         let config = &self.inner.config;
         RetryPolicy {
@@ -186,7 +198,7 @@ impl PoeClient {
                 .unwrap_or(Err(PoeError::Timeout {
                     phase: TimeoutPhase::Total,
                 }));
-            match result {
+            match result.map_err(|error| error.scrubbed(self.key())) {
                 Ok(value) => return Ok(value),
                 Err(error) => match retries.delay_after(&error) {
                     Some(delay) => {
@@ -206,18 +218,18 @@ impl PoeClient {
     ) -> Result<T, PoeError> {
         let url = self.url(path);
         self.with_retries(path, || async {
-            let response = self
-                .http()
-                .get(&url)
-                .query(query)
-                .bearer_auth(self.key().expose())
-                .send()
+            let idle = self.config().idle_timeout();
+            let send = self.http().get(&url).query(query).bearer_auth(self.key().expose()).send();
+            let response = tokio::time::timeout(idle, send)
                 .await
+                .map_err(|_| PoeError::Timeout {
+                    phase: TimeoutPhase::Idle,
+                })?
                 .map_err(|err| stream::transport_error(&err))?;
             let status = response.status();
             let headers = response.headers().clone();
             let deadline = tokio::time::Instant::now() + self.config().request_timeout();
-            let body = stream::read_limited(response, deadline).await?;
+            let body = stream::read_limited(response, 64 * 1024 * 1024, idle, deadline).await?;
             if !status.is_success() {
                 return Err(error::from_http(
                     status.as_u16(),

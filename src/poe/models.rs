@@ -104,3 +104,110 @@ impl ModelInfo {
             .find(|spec| spec.name == name)
     }
 }
+
+impl ParameterSpec {
+    /// Reads `text` as a value of this parameter, checking the declared type, enum and
+    /// bounds. The error says what is accepted.
+    pub fn parse_value(&self, text: &str) -> Result<Value, String> {
+        let schema = self.schema.as_ref().and_then(Value::as_object);
+        let field = |name: &str| schema.and_then(|schema| schema.get(name));
+        if let Some(choices) = field("enum").and_then(Value::as_array) {
+            let matched = choices.iter().find(|choice| match choice {
+                Value::String(choice) => choice == text,
+                other => other.to_string() == text,
+            });
+            return matched.cloned().ok_or_else(|| {
+                let listed: Vec<String> = choices
+                    .iter()
+                    .map(|choice| choice.as_str().map(str::to_owned).unwrap_or_else(|| choice.to_string()))
+                    .collect();
+                format!("`{}` must be one of: {}", self.name, listed.join(", "))
+            });
+        }
+        let kind = field("type").and_then(Value::as_str).unwrap_or("string");
+        let value = match kind {
+            "integer" => text
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| format!("`{}` must be a whole number", self.name))?,
+            "number" => {
+                let number: f64 = text
+                    .parse()
+                    .ok()
+                    .filter(|number: &f64| number.is_finite())
+                    .ok_or_else(|| format!("`{}` must be a number", self.name))?;
+                if number.fract() == 0.0 && number.abs() < 9e15 {
+                    Value::from(number as i64)
+                } else {
+                    Value::from(number)
+                }
+            }
+            "boolean" => match text.to_ascii_lowercase().as_str() {
+                "true" | "on" | "yes" => Value::Bool(true),
+                "false" | "off" | "no" => Value::Bool(false),
+                _ => return Err(format!("`{}` must be true or false", self.name)),
+            },
+            _ => Value::String(text.to_owned()),
+        };
+        if let Some(number) = value.as_f64() {
+            if let Some(minimum) = field("minimum").and_then(Value::as_f64) {
+                if number < minimum {
+                    return Err(format!("`{}` must be at least {minimum}", self.name));
+                }
+            }
+            if let Some(maximum) = field("maximum").and_then(Value::as_f64) {
+                if number > maximum {
+                    return Err(format!("`{}` must be at most {maximum}", self.name));
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// A short description of what the parameter accepts, for `/poe model`.
+    pub fn describe(&self) -> String {
+        let schema = self.schema.as_ref().and_then(Value::as_object);
+        let field = |name: &str| schema.and_then(|schema| schema.get(name));
+        if let Some(choices) = field("enum").and_then(Value::as_array) {
+            let listed: Vec<String> = choices
+                .iter()
+                .map(|choice| choice.as_str().map(str::to_owned).unwrap_or_else(|| choice.to_string()))
+                .collect();
+            return format!("one of {}", listed.join(", "));
+        }
+        let kind = field("type").and_then(Value::as_str).unwrap_or("text");
+        match (field("minimum").and_then(Value::as_f64), field("maximum").and_then(Value::as_f64)) {
+            (Some(low), Some(high)) => format!("{kind} from {low} to {high}"),
+            _ => kind.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(schema: Value) -> ParameterSpec {
+        ParameterSpec {
+            name: "p".into(),
+            schema: Some(schema),
+            default_value: None,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn values_are_checked_against_the_declared_schema() {
+        let budget = spec(json!({"type": "number", "minimum": 0, "maximum": 31999}));
+        assert_eq!(budget.parse_value("1024").unwrap(), json!(1024));
+        assert!(budget.parse_value("40000").unwrap_err().contains("at most 31999"));
+        assert!(budget.parse_value("lots").unwrap_err().contains("must be a number"));
+        let ratio = spec(json!({"enum": ["1:1", "16:9"]}));
+        assert_eq!(ratio.parse_value("16:9").unwrap(), json!("16:9"));
+        assert!(ratio.parse_value("4:3").unwrap_err().contains("1:1, 16:9"));
+        let flag = spec(json!({"type": "boolean"}));
+        assert_eq!(flag.parse_value("on").unwrap(), json!(true));
+        assert!(flag.parse_value("maybe").is_err());
+    }
+}

@@ -153,8 +153,21 @@ impl NativeDecoder {
                 self.done = true;
                 out.push(PoeEvent::Finished(FinishReason::Stop));
             }
-            // meta (content type, linkify), json (tool-call chunks), data (bot metadata),
-            // ping, and anything newer: nothing a chat answer needs.
+            // OpenAI-shaped chunks (used for tool calls); their `delta.content` is answer text.
+            "json" => {
+                let data = object(event)?;
+                let content = data
+                    .get("choices")
+                    .and_then(|choices| choices.get(0))
+                    .and_then(|choice| choice.get("delta"))
+                    .and_then(|delta| delta.get("content"))
+                    .and_then(Value::as_str);
+                if let Some(text) = content.filter(|text| !text.is_empty()) {
+                    out.push(PoeEvent::Text(text.to_owned()));
+                }
+            }
+            // meta (content type, linkify), data (bot metadata), ping, and anything newer:
+            // nothing a chat answer needs.
             other => {
                 tracing::trace!(event = other, "ignoring native Poe event");
             }
@@ -242,6 +255,8 @@ mod tests {
                 r#"{"url":"https://x/y.png","content_type":"image/png","name":"y.png","inline_ref":null}"#,
             ),
             event("brand_new_event", r#"{"x":1}"#),
+            event("data", r#"{"metadata":"m"}"#),
+            event("json", r#"{"choices":[{"index":0,"delta":{"content":"!"}}]}"#),
             event("done", "{}"),
         ]);
         end.unwrap();
@@ -258,6 +273,7 @@ mod tests {
                     name: "y.png".into(),
                     inline_ref: None
                 }),
+                PoeEvent::Text("!".into()),
                 PoeEvent::Finished(FinishReason::Stop),
             ]
         );

@@ -213,7 +213,7 @@ pub fn decode_completion(
 ) -> Result<Vec<PoeEvent>, PoeError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|err| PoeError::protocol(format!("invalid JSON answer: {err}"), false))?;
-    if let Some(error) = value.get("error") {
+    if let Some(error) = value.get("error").filter(|error| !error.is_null()) {
         let object: ErrorObject = serde_json::from_value(error.clone()).unwrap_or_default();
         return Err(error::from_stream_error(&object, model, key));
     }

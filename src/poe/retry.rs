@@ -94,10 +94,15 @@ mod tests {
         let caps = [100, 200, 400];
         for cap in caps {
             retries.begin_attempt();
-            for _ in 0..50 {
-                let delay = retries.delay_after(&unavailable()).unwrap();
-                assert!(delay <= Duration::from_millis(cap), "{delay:?} > {cap}");
-            }
+            let delays: Vec<Duration> = (0..200)
+                .map(|_| retries.delay_after(&unavailable()).unwrap())
+                .collect();
+            let longest = delays.iter().max().unwrap();
+            assert!(*longest <= Duration::from_millis(cap), "{longest:?} > {cap}");
+            // Full jitter: spread over the whole step, not pinned to it or to zero.
+            assert!(*longest > Duration::from_millis(cap / 2), "{longest:?} for {cap}");
+            let distinct: std::collections::HashSet<_> = delays.iter().collect();
+            assert!(distinct.len() > 10, "only {} distinct delays", distinct.len());
         }
         retries.begin_attempt();
         assert_eq!(retries.delay_after(&unavailable()), None);

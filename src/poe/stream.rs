@@ -20,8 +20,10 @@ use super::request::{ChatRequest, Transport};
 use super::retry::Retries;
 use super::sse::{SseDecoder, SseEvent};
 
-/// Largest non-streamed answer or error body read into memory.
+/// Largest non-streamed answer read into memory.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Largest error body read; the rest is not needed to classify the error.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// The events of one answer. Call [`ReplyStream::next`] until it returns `None`.
 pub struct ReplyStream {
@@ -35,6 +37,7 @@ pub struct ReplyStream {
     pending: VecDeque<PoeEvent>,
     pending_error: Option<PoeError>,
     output_seen: bool,
+    answer_bytes: usize,
     finished: bool,
 }
 
@@ -68,6 +71,7 @@ impl ReplyStream {
             pending: VecDeque::new(),
             pending_error: None,
             output_seen: false,
+            answer_bytes: 0,
             finished: false,
         }
     }
@@ -97,8 +101,10 @@ impl ReplyStream {
                     Err(error) => error,
                 },
             };
+            let error = error.scrubbed(self.client.key());
             self.live = None;
             if !self.output_seen
+                && !self.finished
                 && let Some(delay) = self.retries.delay_after(&error)
                 && Instant::now() + delay < self.deadline
             {
@@ -125,7 +131,19 @@ impl ReplyStream {
             });
         }
         if self.body.is_none() {
-            self.body = Some(self.prepare().await?);
+            // Uploads retry on their own; once they gave up, the answer has failed.
+            let prepared = timeout_at(self.deadline, self.prepare())
+                .await
+                .unwrap_or(Err(PoeError::Timeout {
+                    phase: TimeoutPhase::Total,
+                }));
+            match prepared {
+                Ok(body) => self.body = Some(body),
+                Err(error) => {
+                    self.finished = true;
+                    return Err(error);
+                }
+            }
         }
         match self.live.as_mut() {
             None => self.connect().await,
@@ -179,8 +197,10 @@ impl ReplyStream {
             })?;
         self.retries.begin_attempt();
         let url = match self.transport {
-            Transport::Native => client.url(&format!("/bot/{}", self.request.model)),
-            Transport::OpenAi => client.url("/v1/chat/completions"),
+            Transport::Native => client.bot_url(&self.request.model)?,
+            Transport::OpenAi => reqwest::Url::parse(&client.url("/v1/chat/completions")).map_err(
+                |err| PoeError::protocol(format!("poe.base_url is not a URL: {err}"), false),
+            )?,
         };
         let body = self.body.clone().unwrap_or_default();
         let send = client
@@ -212,7 +232,7 @@ impl ReplyStream {
         let status = response.status().as_u16();
         if !response.status().is_success() {
             let headers = response.headers().clone();
-            let body = read_limited(response, self.deadline)
+            let body = read_limited(response, MAX_ERROR_BODY_BYTES, self.idle_wait(), self.deadline)
                 .await
                 .unwrap_or_default();
             return Err(error::from_http(
@@ -230,14 +250,15 @@ impl ReplyStream {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if !self.streaming() {
-            let body = read_limited(response, self.deadline).await?;
+            let wait = self.deadline.saturating_duration_since(Instant::now());
+            let body = read_limited(response, MAX_BODY_BYTES, wait, self.deadline).await?;
             let events = openai::decode_completion(&body, &self.request.model, client.key())?;
             self.pending.extend(events);
             self.finished = true;
             return Ok(());
         }
         if !content_type.starts_with("text/event-stream") {
-            let body = read_limited(response, self.deadline)
+            let body = read_limited(response, MAX_ERROR_BODY_BYTES, self.idle_wait(), self.deadline)
                 .await
                 .unwrap_or_default();
             if let Ok(error::ErrorBody {
@@ -251,7 +272,10 @@ impl ReplyStream {
                 ));
             }
             return Err(PoeError::protocol(
-                format!("expected an event stream, got `{content_type}`"),
+                format!(
+                    "expected an event stream, got `{}`",
+                    content_type.chars().take(100).collect::<String>()
+                ),
                 true,
             ));
         }
@@ -331,7 +355,23 @@ impl ReplyStream {
                 return Ok(());
             }
         }
+        self.answer_bytes += decoded
+            .iter()
+            .map(|event| match event {
+                PoeEvent::Text(text) | PoeEvent::Replace(text) => text.len(),
+                _ => 0,
+            })
+            .sum::<usize>();
         self.pending.extend(decoded);
+        let max_answer = self.client.config().max_answer_bytes;
+        if self.answer_bytes > max_answer {
+            self.pending_error = Some(PoeError::protocol(
+                format!("the answer is longer than {max_answer} bytes"),
+                false,
+            ));
+            self.live = None;
+            return Ok(());
+        }
         if let Err(too_large) = fed {
             self.pending_error = Some(PoeError::protocol(too_large.to_string(), false));
             self.live = None;
@@ -358,25 +398,33 @@ pub(crate) fn transport_error(err: &reqwest::Error) -> PoeError {
     PoeError::protocol(format!("the connection broke: {err}"), true)
 }
 
-/// Reads a whole response body, refusing more than [`MAX_BODY_BYTES`].
+/// Reads a whole response body: at most `max_bytes`, with at most `idle` between chunks and
+/// nothing after `deadline`.
 pub(crate) async fn read_limited(
     mut response: reqwest::Response,
+    max_bytes: usize,
+    idle: Duration,
     deadline: Instant,
 ) -> Result<Vec<u8>, PoeError> {
     let mut body = Vec::new();
     loop {
-        let chunk = timeout_at(deadline, response.chunk())
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        let chunk = timeout(wait, response.chunk())
             .await
             .map_err(|_| PoeError::Timeout {
-                phase: TimeoutPhase::Total,
+                phase: if Instant::now() >= deadline {
+                    TimeoutPhase::Total
+                } else {
+                    TimeoutPhase::Idle
+                },
             })?
             .map_err(|err| transport_error(&err))?;
         let Some(chunk) = chunk else {
             return Ok(body);
         };
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
+        if body.len() + chunk.len() > max_bytes {
             return Err(PoeError::protocol(
-                format!("the response is larger than {MAX_BODY_BYTES} bytes"),
+                format!("the response is larger than {max_bytes} bytes"),
                 false,
             ));
         }

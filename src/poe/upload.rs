@@ -21,10 +21,14 @@ impl PoeClient {
     pub async fn upload(&self, file: &InputFile) -> Result<Attachment, PoeError> {
         let url = self.config().upload_url.clone();
         self.with_retries("upload", || async {
+            // Poe's upload endpoint takes the raw key; mark it sensitive like bearer_auth does.
+            let mut authorization = reqwest::header::HeaderValue::from_str(self.key().expose())
+                .map_err(|_| PoeError::InvalidKey { status: 0 })?;
+            authorization.set_sensitive(true);
             let request = self
                 .http()
                 .post(&url)
-                .header(reqwest::header::AUTHORIZATION, self.key().expose());
+                .header(reqwest::header::AUTHORIZATION, authorization);
             let request = match &file.source {
                 FileSource::Bytes(bytes) => {
                     let part = reqwest::multipart::Part::bytes(bytes.to_vec())
@@ -40,14 +44,17 @@ impl PoeClient {
                     ("download_filename", file.name.as_str()),
                 ]),
             };
-            let response = request
-                .send()
+            let idle = self.config().idle_timeout();
+            let response = tokio::time::timeout(idle, request.send())
                 .await
+                .map_err(|_| PoeError::Timeout {
+                    phase: super::TimeoutPhase::Idle,
+                })?
                 .map_err(|err| stream::transport_error(&err))?;
             let status = response.status();
             let headers = response.headers().clone();
             let deadline = tokio::time::Instant::now() + self.config().request_timeout();
-            let body = stream::read_limited(response, deadline).await?;
+            let body = stream::read_limited(response, 1024 * 1024, idle, deadline).await?;
             if status.as_u16() != 200 {
                 return Err(error::from_http(
                     status.as_u16(),

@@ -1,0 +1,584 @@
+//! The conversation manager: where a message's path runs from adapter to Poe and back.
+//!
+//! Every channel has one queue and one worker, so replies in a channel come one at a time
+//! and in order, while many channels run at once (at most `chat.max_concurrent_replies`).
+//! A turn: check the budget and reserve, record the user's turn, call Poe with the channel's
+//! model, parameters and context, stream the answer through the renderer, record the answer,
+//! settle the budget. Replies in flight are recorded, so a crash is cleaned up on the next
+//! start ([`Manager::recover`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::budget::{Budgets, Spender};
+use super::catalog::Catalog;
+use super::commands::{self, Command};
+use super::cost::Price;
+use super::reconcile;
+use super::render::split::split;
+use super::render::stream::{ChannelPacer, Ending, Renderer, Target};
+use crate::config::Config;
+use crate::platform::{ChannelKey, Inbound, Invocation, MessageId, OutMessage, Outbound};
+use crate::poe::{ChatMessage, ChatRequest, InputFile, PoeClient, PoeError, PoeEvent, Role, Usage};
+use crate::store::{ChannelSettings, InflightReply, Store, Turn, TurnRole};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the core is built from; commands use it too.
+pub struct Services {
+    pub poe: PoeClient,
+    pub store: Store,
+    pub budgets: Budgets,
+    pub catalog: Catalog,
+    pub config: Config,
+}
+
+impl Services {
+    pub fn new(config: Config, poe: PoeClient, store: Store) -> Services {
+        Services {
+            budgets: Budgets::new(store.clone(), config.budget.clone()),
+            catalog: Catalog::new(poe.clone()),
+            poe,
+            store,
+            config,
+        }
+    }
+
+    pub fn spender(&self, inbound: &Inbound) -> Spender {
+        Spender {
+            key: format!("{}:{}", inbound.channel.platform, inbound.user_id),
+            name: inbound.user_name.clone(),
+            is_admin: inbound.is_admin,
+        }
+    }
+
+    pub fn model_for(&self, settings: &ChannelSettings) -> String {
+        settings
+            .model
+            .clone()
+            .unwrap_or_else(|| self.config.chat.default_model.clone())
+    }
+}
+
+/// What became of an inbound event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// A conversation turn waiting in (or running from) its channel's queue.
+    Queued,
+    /// A command, answered.
+    Answered,
+    Duplicate,
+    /// From before the bot started: never replayed.
+    TooOld,
+}
+
+struct Job {
+    inbound: Inbound,
+    out: Arc<dyn Outbound>,
+}
+
+/// The manager. Cheap to clone.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    services: Services,
+    started_ms: i64,
+    queues: Mutex<HashMap<ChannelKey, mpsc::UnboundedSender<Job>>>,
+    pacers: Mutex<HashMap<ChannelKey, Arc<ChannelPacer>>>,
+    permits: Arc<Semaphore>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Manager {
+    pub fn new(services: Services) -> Manager {
+        let permits = Arc::new(Semaphore::new(services.config.chat.max_concurrent_replies));
+        Manager {
+            inner: Arc::new(Inner {
+                services,
+                started_ms: now_ms(),
+                queues: Mutex::new(HashMap::new()),
+                pacers: Mutex::new(HashMap::new()),
+                permits,
+            }),
+        }
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.inner.services
+    }
+
+    /// Takes one platform event.
+    pub async fn handle(&self, inbound: Inbound, out: Arc<dyn Outbound>) -> Disposition {
+        let services = &self.inner.services;
+        if inbound.timestamp_ms < self.inner.started_ms {
+            return Disposition::TooOld;
+        }
+        let event_key = format!("{}:{}", inbound.channel.platform, inbound.event_id);
+        match services.store.mark_seen(&event_key, now_ms()) {
+            Ok(true) => {}
+            Ok(false) => return Disposition::Duplicate,
+            Err(err) => tracing::error!(%err, "cannot record a seen event; handling it anyway"),
+        }
+        match inbound.invocation {
+            Invocation::Command => {
+                let parsed = commands::parse(&inbound.text);
+                // `reset` must not overtake a reply still running in the channel.
+                if parsed == Ok(Command::Reset) {
+                    self.enqueue(inbound, out);
+                    return Disposition::Queued;
+                }
+                let reply = commands::execute(services, &inbound, parsed, now_ms()).await;
+                self.post(&out, &inbound, reply.text, reply.private).await;
+                Disposition::Answered
+            }
+            Invocation::Message => {
+                self.enqueue(inbound, out);
+                Disposition::Queued
+            }
+        }
+    }
+
+    fn pacer(&self, channel: &ChannelKey, out: &Arc<dyn Outbound>) -> Arc<ChannelPacer> {
+        locked(&self.inner.pacers)
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(ChannelPacer::new(out.limits().min_channel_interval)))
+            .clone()
+    }
+
+    fn enqueue(&self, inbound: Inbound, out: Arc<dyn Outbound>) {
+        let mut queues = locked(&self.inner.queues);
+        let job = Job { inbound, out };
+        let job = match queues.get(&job.inbound.channel) {
+            Some(queue) => match queue.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Job>();
+        let manager = self.clone();
+        tokio::spawn(async move {
+            while let Some(job) = receiver.recv().await {
+                manager.run_job(job).await;
+            }
+        });
+        let channel = job.inbound.channel.clone();
+        // The receiver was just created and is held by the task: this cannot fail.
+        let _ = sender.send(job);
+        queues.insert(channel, sender);
+    }
+
+    async fn run_job(&self, job: Job) {
+        let Ok(_permit) = self.inner.permits.clone().acquire_owned().await else {
+            return;
+        };
+        if job.inbound.invocation == Invocation::Command {
+            let parsed = commands::parse(&job.inbound.text);
+            let reply = commands::execute(&self.inner.services, &job.inbound, parsed, now_ms()).await;
+            self.post(&job.out, &job.inbound, reply.text, reply.private).await;
+            return;
+        }
+        self.converse(&job.inbound, &job.out).await;
+    }
+
+    /// Posts a short answer (commands, refusals), split if needed, as a reply.
+    async fn post(&self, out: &Arc<dyn Outbound>, inbound: &Inbound, text: String, private: bool) {
+        let limits = out.limits();
+        let pacer = self.pacer(&inbound.channel, out);
+        for (index, part) in split(&text, limits.max_message_len, limits.length_unit).iter().enumerate() {
+            let message = OutMessage {
+                text: part.render(),
+                reply_to: (index == 0).then(|| inbound.event_id.clone()),
+                private,
+            };
+            for _ in 0..3 {
+                pacer.wait_turn().await;
+                match out.send(&inbound.channel, message.clone()).await {
+                    Ok(_) => break,
+                    Err(crate::platform::PlatformError::RateLimited { retry_after }) => pacer.back_off(retry_after),
+                    Err(err) => {
+                        tracing::warn!(channel = %inbound.channel, %err, "cannot post a reply");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One conversation turn.
+    async fn converse(&self, inbound: &Inbound, out: &Arc<dyn Outbound>) {
+        let services = &self.inner.services;
+        let config = &services.config;
+        let started = tokio::time::Instant::now();
+        let channel = &inbound.channel;
+        if let Some(file) = inbound
+            .attachments
+            .iter()
+            .find(|file| file.size > config.chat.max_attachment_bytes)
+        {
+            let text = format!(
+                "`{}` is {} MB; the bot passes on files up to {} MB. Send a smaller file.",
+                file.name,
+                file.size.div_ceil(1 << 20),
+                config.chat.max_attachment_bytes >> 20
+            );
+            self.post(out, inbound, text, false).await;
+            return;
+        }
+        let settings = match services.store.channel_settings(channel) {
+            Ok(settings) => settings,
+            Err(err) => {
+                tracing::error!(%err, "cannot read channel settings");
+                self.post(out, inbound, "The bot cannot read its records right now. Try again later.".into(), false)
+                    .await;
+                return;
+            }
+        };
+        let model = services.model_for(&settings);
+        let info = services.catalog.find(&model).await;
+        let media = info.as_ref().is_some_and(|info| info.outputs_media());
+        let history = services
+            .store
+            .recent_turns(
+                channel,
+                settings.reset_after,
+                config.chat.history_max_turns,
+                config.chat.history_max_chars,
+            )
+            .unwrap_or_else(|err| {
+                tracing::error!(%err, "cannot read history; answering without it");
+                Vec::new()
+            });
+        let request = build_request(&model, &settings, &history, inbound, config, media);
+        let prompt_chars: usize = request.messages.iter().map(|message| message.content.chars().count()).sum();
+        let max_output = info
+            .as_ref()
+            .and_then(|info| info.max_output_tokens())
+            .map(|limit| (limit.max(1) as u64).min(u64::from(config.chat.max_output_tokens)))
+            .unwrap_or(u64::from(config.chat.max_output_tokens));
+        let price = Price::of(info.as_ref(), config.poe.model(&model));
+        let spender = services.spender(inbound);
+        let reservation = match services
+            .budgets
+            .reserve(
+                &spender,
+                &channel.to_string(),
+                &model,
+                price.reservation(&config.budget, prompt_chars, max_output),
+                now_ms(),
+            )
+            .await
+        {
+            Ok(reservation) => reservation,
+            Err(err) => {
+                self.post(out, inbound, err.user_message(config.budget.period), false).await;
+                return;
+            }
+        };
+
+        let user_turn = Turn {
+            seq: 0,
+            role: TurnRole::User,
+            author_id: inbound.user_id.clone(),
+            author_name: inbound.user_name.clone(),
+            text: inbound.text.clone(),
+            at_ms: inbound.timestamp_ms,
+        };
+        if let Err(err) = services.store.append_turn(channel, &user_turn) {
+            tracing::error!(%err, "cannot record the user's turn");
+        }
+        let inflight = InflightReply {
+            id: services.store.next_id().unwrap_or_else(|_| reservation.ledger_id),
+            channel: channel.clone(),
+            reply_to: inbound.event_id.clone(),
+            ledger_id: Some(reservation.ledger_id),
+            started_ms: now_ms(),
+            messages: Vec::new(),
+            last_text: String::new(),
+        };
+        if let Err(err) = services.store.put_inflight(&inflight) {
+            tracing::error!(%err, "cannot record the reply in flight");
+        }
+        let progress_store = services.store.clone();
+        let progress_record = Mutex::new(inflight.clone());
+        let renderer = Renderer::start(
+            Target {
+                out: out.clone(),
+                channel: channel.clone(),
+                reply_to: Some(inbound.event_id.clone()),
+                pacer: self.pacer(channel, out),
+            },
+            Some(Box::new(move |messages: &[MessageId], last_text: &str| {
+                let mut record = locked(&progress_record);
+                record.messages = messages.to_vec();
+                record.last_text = last_text.to_owned();
+                if let Err(err) = progress_store.put_inflight(&record) {
+                    tracing::warn!(%err, "cannot update the reply in flight");
+                }
+            })),
+        );
+
+        let placeholder = media.then(|| format!("⏳ {model} is working on it…"));
+        if let Some(text) = &placeholder {
+            renderer.append(text);
+        }
+        let mut answer = String::new();
+        let mut usage: Option<Usage> = None;
+        let mut failure: Option<PoeError> = None;
+        let mut stream = services.poe.stream(request);
+        while let Some(item) = stream.next().await {
+            let piece = match item {
+                Ok(PoeEvent::Text(text)) => text,
+                Ok(PoeEvent::Replace(text)) => {
+                    answer.clear();
+                    text
+                }
+                Ok(PoeEvent::File(file)) => {
+                    let separator = if answer.is_empty() { "" } else { "\n" };
+                    if file.content_type.starts_with("image/") {
+                        format!("{separator}![{}]({})", file.name, file.url)
+                    } else {
+                        format!("{separator}[{}]({})", file.name, file.url)
+                    }
+                }
+                Ok(PoeEvent::Usage(reported)) => {
+                    usage = Some(reported);
+                    continue;
+                }
+                Ok(PoeEvent::SuggestedReply(_) | PoeEvent::Finished(_)) => continue,
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            };
+            answer.push_str(&piece);
+            if placeholder.is_some() || answer.len() == piece.len() {
+                renderer.replace(&answer);
+            } else {
+                renderer.append(&piece);
+            }
+        }
+        if placeholder.is_some() && answer.is_empty() {
+            renderer.replace("");
+        }
+        let ending = match (&failure, answer.is_empty()) {
+            (Some(err), _) => Ending::Failed {
+                notice: err.user_message(),
+            },
+            (None, true) => Ending::Failed {
+                notice: "The model sent an empty answer.".into(),
+            },
+            (None, false) => Ending::Complete,
+        };
+        let report = renderer.finish(ending).await;
+
+        if !answer.is_empty() {
+            let bot_turn = Turn {
+                seq: 0,
+                role: TurnRole::Bot,
+                author_id: "bot".into(),
+                author_name: model.clone(),
+                text: answer.clone(),
+                at_ms: now_ms(),
+            };
+            if let Err(err) = services.store.append_turn(channel, &bot_turn) {
+                tracing::error!(%err, "cannot record the answer");
+            }
+        }
+        let settled = if answer.is_empty() && failure.is_some() {
+            // Nothing was produced: Poe does not charge refused or failed requests.
+            services.budgets.release(reservation.ledger_id, now_ms()).map(|()| 0)
+        } else {
+            let points = price.estimate(&config.budget, prompt_chars, answer.chars().count(), usage.as_ref());
+            services.budgets.settle(reservation.ledger_id, points, now_ms()).map(|()| points)
+        };
+        if let Err(err) = services.store.remove_inflight(inflight.id) {
+            tracing::error!(%err, "cannot clear the reply in flight");
+        }
+        let outcome = match &failure {
+            None => "ok".to_owned(),
+            Some(err) => format!("{err:?}").split([' ', '{', '(']).next().unwrap_or("error").to_owned(),
+        };
+        tracing::info!(
+            channel = %channel,
+            user = %spender.key,
+            model = %model,
+            transport = ?stream.transport(),
+            attempts = stream.attempts(),
+            answer_chars = answer.chars().count(),
+            completion_tokens = usage.as_ref().and_then(|usage| usage.completion_tokens),
+            points_reserved = reservation.points,
+            points_settled = settled.unwrap_or(-1),
+            messages = report.messages.len(),
+            edits = report.edits,
+            platform_429s = report.rate_limited,
+            duration_ms = started.elapsed().as_millis() as u64,
+            outcome = %outcome,
+            "conversation turn"
+        );
+    }
+
+    /// Cleans up after a crash: every reply left in flight gets a final word in its channel
+    /// and its reservation back. `platforms` maps platform names to their outbound side.
+    pub async fn recover(&self, platforms: &HashMap<String, Arc<dyn Outbound>>) -> usize {
+        let services = &self.inner.services;
+        let records = match services.store.inflight_replies() {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::error!(%err, "cannot read replies left in flight");
+                return 0;
+            }
+        };
+        let mut recovered = 0;
+        for record in records {
+            if let Some(out) = platforms.get(&record.channel.platform) {
+                let limits = out.limits();
+                let notice = "⚠️ This answer was interrupted: the bot restarted. Ask again to get a full answer.";
+                let amended = format!("{}\n\n{notice}", record.last_text);
+                let fits = crate::core::render::split::measure(&amended, limits.length_unit) <= limits.max_message_len;
+                let result = match record.messages.last() {
+                    Some(last) if fits && !record.last_text.is_empty() => {
+                        out.edit(&record.channel, last, &amended).await
+                    }
+                    _ => out
+                        .send(
+                            &record.channel,
+                            OutMessage {
+                                text: notice.into(),
+                                reply_to: Some(record.reply_to.clone()),
+                                private: false,
+                            },
+                        )
+                        .await
+                        .map(|_| ()),
+                };
+                if let Err(err) = result {
+                    tracing::warn!(channel = %record.channel, %err, "cannot mark an interrupted reply");
+                }
+            }
+            if let Some(ledger_id) = record.ledger_id {
+                if let Err(err) = services.budgets.release(ledger_id, now_ms()) {
+                    tracing::error!(%err, "cannot release an interrupted reservation");
+                }
+            }
+            if let Err(err) = services.store.remove_inflight(record.id) {
+                tracing::error!(%err, "cannot clear an interrupted reply");
+            }
+            recovered += 1;
+        }
+        if recovered > 0 {
+            tracing::info!(recovered, "cleaned up replies interrupted by a restart");
+        }
+        recovered
+    }
+
+    /// Runs reconciliation and retention in the background until the manager is dropped.
+    pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = Duration::from_secs(self.inner.services.config.budget.reconcile_interval_secs);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let manager = Manager { inner };
+                manager.maintain().await;
+            }
+        })
+    }
+
+    /// One round of upkeep: reconcile the ledger, delete expired turns and seen events.
+    pub async fn maintain(&self) {
+        let services = &self.inner.services;
+        let budget = &services.config.budget;
+        match reconcile::reconcile_once(
+            &services.poe,
+            &services.store,
+            now_ms() * 1000,
+            budget.reconcile_after_secs as i64 * 1_000_000,
+            budget.reconcile_slack_secs as i64 * 1_000_000,
+        )
+        .await
+        {
+            Ok(report) if report.requests_reconciled > 0 => {
+                tracing::info!(
+                    requests = report.requests_reconciled,
+                    poe_entries = report.poe_entries_used,
+                    points = report.points,
+                    "reconciled the ledger with Poe's points history"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "cannot reconcile with Poe's points history"),
+        }
+        let retention_ms = services.config.chat.history_retention_days as i64 * 86_400_000;
+        if let Err(err) = services.store.prune_turns_before(now_ms() - retention_ms) {
+            tracing::warn!(%err, "cannot delete expired turns");
+        }
+        if let Err(err) = services.store.prune_seen_before(now_ms() - 7 * 86_400_000) {
+            tracing::warn!(%err, "cannot forget old events");
+        }
+    }
+}
+
+/// The request for one turn: system prompt, earlier turns (speakers named in group chats),
+/// the new question with its files.
+fn build_request(
+    model: &str,
+    settings: &ChannelSettings,
+    history: &[Turn],
+    inbound: &Inbound,
+    config: &Config,
+    media: bool,
+) -> ChatRequest {
+    let speaker = |name: &str, text: &str| {
+        if inbound.is_group {
+            format!("{name}: {text}")
+        } else {
+            text.to_owned()
+        }
+    };
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    if let Some(prompt) = &settings.system_prompt {
+        messages.push(ChatMessage::new(Role::System, prompt.clone()));
+    }
+    for turn in history {
+        messages.push(match turn.role {
+            TurnRole::User => ChatMessage::user(speaker(&turn.author_name, &turn.text)),
+            TurnRole::Bot => ChatMessage::new(Role::Bot, turn.text.clone()),
+        });
+    }
+    let mut question = ChatMessage::user(speaker(&inbound.user_name, &inbound.text));
+    question.attachments = inbound
+        .attachments
+        .iter()
+        .map(|file| InputFile {
+            name: file.name.clone(),
+            content_type: file.content_type.clone(),
+            source: file.source.clone(),
+        })
+        .collect();
+    messages.push(question);
+    let mut request = ChatRequest::new(model, messages);
+    request.parameters = settings.parameters.clone();
+    request.max_output_tokens = Some(config.chat.max_output_tokens);
+    request.streaming = !media;
+    request
+}

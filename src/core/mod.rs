@@ -1,0 +1,12 @@
+//! The platform-free core: conversation manager, history, budgets, commands and the
+//! streaming renderer. Nothing here knows Discord or Matrix; adapters meet it through
+//! [`crate::platform`].
+
+pub mod budget;
+pub mod catalog;
+pub mod commands;
+pub mod cost;
+pub mod manager;
+pub mod period;
+pub mod reconcile;
+pub mod render;

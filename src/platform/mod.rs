@@ -1,0 +1,135 @@
+//! The boundary between the core and the chat platforms.
+//!
+//! Adapters turn platform events into [`Inbound`] messages and implement [`Outbound`] so the
+//! core can send, edit and show typing. They decide platform facts (is this user an admin
+//! here, was the bot addressed, what are the length and edit limits) and nothing else.
+//! [`memory`] is a platform that lives in memory, for tests and benchmarks.
+
+pub mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::core::render::split::LengthUnit;
+use crate::poe::FileSource;
+
+/// Where a conversation happens: a channel, or a thread inside one (a thread is its own
+/// conversation). Ids are opaque strings; they are never parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChannelKey {
+    pub platform: String,
+    pub channel: String,
+    pub thread: Option<String>,
+}
+
+impl ChannelKey {
+    pub fn new(platform: &str, channel: &str) -> Self {
+        ChannelKey {
+            platform: platform.to_owned(),
+            channel: channel.to_owned(),
+            thread: None,
+        }
+    }
+
+    pub fn in_thread(mut self, thread: &str) -> Self {
+        self.thread = Some(thread.to_owned());
+        self
+    }
+}
+
+impl fmt::Display for ChannelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.thread {
+            Some(thread) => write!(f, "{}:{}/{}", self.platform, self.channel, thread),
+            None => write!(f, "{}:{}", self.platform, self.channel),
+        }
+    }
+}
+
+/// A file on an incoming message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundFile {
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub source: FileSource,
+}
+
+/// How the message reached the bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invocation {
+    /// A message addressed to the bot (a mention, a reply to it, a DM): a conversation turn.
+    Message,
+    /// `/poe …` or `!poe …`: `text` holds what follows `poe`.
+    Command,
+}
+
+/// One event from a platform, already translated.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub channel: ChannelKey,
+    pub user_id: String,
+    pub user_name: String,
+    /// Decided by the adapter (configured ids, roles, power levels, permissions).
+    pub is_admin: bool,
+    /// Whether several people talk here (speaker names go into the context).
+    pub is_group: bool,
+    pub invocation: Invocation,
+    pub text: String,
+    pub attachments: Vec<InboundFile>,
+    /// The platform's id of this event: replies point at it, duplicates are dropped by it.
+    pub event_id: String,
+    /// Milliseconds since the epoch, as the platform stamped the event.
+    pub timestamp_ms: i64,
+}
+
+/// A platform's message id, opaque to the core.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MessageId(pub String);
+
+/// A new message from the bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMessage {
+    pub text: String,
+    /// The event this answers (a reply relation, or the interaction to answer).
+    pub reply_to: Option<String>,
+    /// Only the caller should see it (Discord ephemeral replies), where the platform can.
+    pub private: bool,
+}
+
+/// What a platform allows. The renderer stays inside these so the platform never has to
+/// rate-limit the bot in normal use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_message_len: usize,
+    pub length_unit: LengthUnit,
+    /// Least time between two edits of one message.
+    pub min_edit_interval: Duration,
+    /// Least time between two calls (send or edit) in one channel.
+    pub min_channel_interval: Duration,
+    /// Edits allowed per message (Matrix rooms get slow with many); the final edit always
+    /// lands.
+    pub max_edits_per_message: Option<u32>,
+    /// How often to repeat the typing notice while waiting.
+    pub typing_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    #[error("rate limited by the platform for {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    #[error("the platform refused: {detail}")]
+    Failed { detail: String },
+}
+
+/// What the core asks of a platform.
+#[async_trait]
+pub trait Outbound: Send + Sync {
+    fn limits(&self) -> Limits;
+    async fn send(&self, channel: &ChannelKey, message: OutMessage) -> Result<MessageId, PlatformError>;
+    async fn edit(&self, channel: &ChannelKey, message: &MessageId, text: &str) -> Result<(), PlatformError>;
+    async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError>;
+}

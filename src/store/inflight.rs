@@ -1,0 +1,45 @@
+//! Replies being streamed right now. A record outlives a crash, so the next start can tell
+//! the channel the answer was interrupted and release its budget reservation.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError, decode, encode};
+use crate::platform::{ChannelKey, MessageId};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InflightReply {
+    pub id: u64,
+    pub channel: ChannelKey,
+    /// The event being answered.
+    pub reply_to: String,
+    pub ledger_id: Option<u64>,
+    pub started_ms: i64,
+    /// Messages sent so far, in order.
+    pub messages: Vec<MessageId>,
+    /// What the last message shows.
+    pub last_text: String,
+}
+
+impl Store {
+    pub fn put_inflight(&self, reply: &InflightReply) -> Result<(), StoreError> {
+        self.inflight.insert(reply.id.to_be_bytes(), encode(reply)?)?;
+        Ok(())
+    }
+
+    pub fn remove_inflight(&self, id: u64) -> Result<(), StoreError> {
+        self.inflight.remove(id.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Every reply that was in flight, oldest first. Records that cannot be read are
+    /// skipped (and logged by the caller through the error list).
+    pub fn inflight_replies(&self) -> Result<Vec<InflightReply>, StoreError> {
+        self.inflight
+            .iter()
+            .map(|item| {
+                let (_, value) = item?;
+                decode("in-flight reply", &value)
+            })
+            .collect()
+    }
+}
