@@ -117,7 +117,9 @@ impl TryFrom<String> for BudgetPeriod {
             "day" => Ok(BudgetPeriod::Day),
             "week" => Ok(BudgetPeriod::Week),
             "month" => Ok(BudgetPeriod::Month),
-            _ => Err(format!("`{name}` is not a period; use `day`, `week` or `month`")),
+            _ => Err(format!(
+                "`{name}` is not a period; use `day`, `week` or `month`"
+            )),
         }
     }
 }
@@ -420,7 +422,10 @@ impl Config {
             problem("poe.max_event_bytes", "must be at least 1024");
         }
         if poe.max_answer_bytes < poe.max_event_bytes {
-            problem("poe.max_answer_bytes", "must be at least poe.max_event_bytes");
+            problem(
+                "poe.max_answer_bytes",
+                "must be at least poe.max_event_bytes",
+            );
         }
         for (key, value) in [
             ("poe.connect_timeout_secs", poe.connect_timeout_secs),

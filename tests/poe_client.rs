@@ -647,25 +647,54 @@ async fn balance_and_history_pages() {
 #[tokio::test]
 async fn a_server_echoing_the_key_cannot_leak_it() {
     let fake = FakePoe::start(KEY).await.unwrap();
-    fake.script("leak400", Scenario::status(400, "invalid_request_error", "invalid_parameter", &format!("bad key {KEY}")));
-    fake.script("leak500", Scenario::fail_then(
-        Scenario::status(503, "unavailable", "unavailable", &format!("down for {KEY}")),
-        5,
-        Scenario::Echo,
-    ));
-    fake.script("leakevent", Scenario::ErrorMidStream {
-        before: String::new(),
-        error: json!({"allow_retry": false, "text": format!("denied for {KEY}")}),
-    });
-    fake.script("leaktype", raw_sse(&format!("data: {{\"choices\": \"{KEY}\"}}\n\n")));
-    fake.script("leakctype", Scenario::Raw {
-        status: 200,
-        content_type: format!("text/html; k={KEY}"),
-        body: "x".into(),
-    });
+    fake.script(
+        "leak400",
+        Scenario::status(
+            400,
+            "invalid_request_error",
+            "invalid_parameter",
+            &format!("bad key {KEY}"),
+        ),
+    );
+    fake.script(
+        "leak500",
+        Scenario::fail_then(
+            Scenario::status(
+                503,
+                "unavailable",
+                "unavailable",
+                &format!("down for {KEY}"),
+            ),
+            5,
+            Scenario::Echo,
+        ),
+    );
+    fake.script(
+        "leakevent",
+        Scenario::ErrorMidStream {
+            before: String::new(),
+            error: json!({"allow_retry": false, "text": format!("denied for {KEY}")}),
+        },
+    );
+    fake.script(
+        "leaktype",
+        raw_sse(&format!("data: {{\"choices\": \"{KEY}\"}}\n\n")),
+    );
+    fake.script(
+        "leakctype",
+        Scenario::Raw {
+            status: 200,
+            content_type: format!("text/html; k={KEY}"),
+            body: "x".into(),
+        },
+    );
     let client = client(config_for(&fake));
     for model in ["leak400", "leak500", "leakevent", "leaktype", "leakctype"] {
-        let transport = if model == "leaktype" { Transport::OpenAi } else { Transport::Native };
+        let transport = if model == "leaktype" {
+            Transport::OpenAi
+        } else {
+            Transport::Native
+        };
         let outcome = drain(client.stream(ask(model, "q").with_transport(transport))).await;
         let error = outcome.error.unwrap_or_else(|| panic!("{model}: no error"));
         let shown = format!("{error} | {error:?} | {}", error.user_message());
@@ -676,7 +705,16 @@ async fn a_server_echoing_the_key_cannot_leak_it() {
 #[tokio::test]
 async fn a_stall_before_any_text_is_retried() {
     let fake = FakePoe::start(KEY).await.unwrap();
-    fake.script("m", Scenario::fail_then(Scenario::Stall { before: String::new() }, 1, Scenario::text("awake")));
+    fake.script(
+        "m",
+        Scenario::fail_then(
+            Scenario::Stall {
+                before: String::new(),
+            },
+            1,
+            Scenario::text("awake"),
+        ),
+    );
     let mut config = config_for(&fake);
     config.idle_timeout_secs = 1;
     let client = client(config);
@@ -689,12 +727,20 @@ async fn a_stall_before_any_text_is_retried() {
 #[tokio::test]
 async fn openai_error_payloads_with_integer_codes_and_null_errors() {
     let fake = FakePoe::start(KEY).await.unwrap();
-    fake.script("int402", raw_sse("data: {\"error\": {\"code\": 402, \"message\": \"no points\"}}\n\n"));
-    fake.script("json200", Scenario::Raw {
-        status: 200,
-        content_type: "application/json".into(),
-        body: r#"{"error": {"code": 401, "type": "authentication_error", "message": "bad key"}}"#.into(),
-    });
+    fake.script(
+        "int402",
+        raw_sse("data: {\"error\": {\"code\": 402, \"message\": \"no points\"}}\n\n"),
+    );
+    fake.script(
+        "json200",
+        Scenario::Raw {
+            status: 200,
+            content_type: "application/json".into(),
+            body:
+                r#"{"error": {"code": 401, "type": "authentication_error", "message": "bad key"}}"#
+                    .into(),
+        },
+    );
     fake.script("nullerror", Scenario::Raw {
         status: 200,
         content_type: "application/json".into(),
@@ -706,7 +752,10 @@ async fn openai_error_payloads_with_integer_codes_and_null_errors() {
     assert_eq!(outcome.error, Some(PoeError::OutOfPoints));
     assert_eq!(fake.chat_requests("int402").len(), 1);
     let outcome = drain(client.stream(openai("json200"))).await;
-    assert!(matches!(outcome.error, Some(PoeError::InvalidKey { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome.error, Some(PoeError::InvalidKey { .. })),
+        "{outcome:?}"
+    );
     let mut whole = openai("nullerror");
     whole.streaming = false;
     let outcome = drain(client.stream(whole)).await;
@@ -750,7 +799,9 @@ async fn an_endless_answer_is_cut_off() {
     config.max_answer_bytes = 1_000_000;
     let client = client(config);
     let outcome = drain(client.stream(ask("endless", "q"))).await;
-    let Some(PoeError::Protocol { detail, .. }) = &outcome.error else { panic!("{:?}", outcome.error) };
+    let Some(PoeError::Protocol { detail, .. }) = &outcome.error else {
+        panic!("{:?}", outcome.error)
+    };
     assert!(detail.contains("longer than 1000000"), "{detail}");
     assert!(outcome.answer.len() <= 1_000_000 + 1024);
 }

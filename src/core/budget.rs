@@ -53,7 +53,9 @@ impl BudgetError {
                     period::format_utc(*resets_at_ms)
                 )
             }
-            BudgetError::Store(_) => "The bot cannot read its budget records right now. Try again later.".into(),
+            BudgetError::Store(_) => {
+                "The bot cannot read its budget records right now. Try again later.".into()
+            }
         }
     }
 }
@@ -95,7 +97,10 @@ impl Budgets {
     }
 
     fn lock_for(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         locks.entry(user.to_owned()).or_default().clone()
     }
 
@@ -113,7 +118,9 @@ impl Budgets {
 
     pub fn standing(&self, spender: &Spender, now_ms: i64) -> Result<Standing, StoreError> {
         let (start, end) = period::bounds(self.config.period, now_ms);
-        let entries = self.store.ledger_for_user_since(&spender.key, start * 1000)?;
+        let entries = self
+            .store
+            .ledger_for_user_since(&spender.key, start * 1000)?;
         Ok(Standing {
             spent: entries.iter().map(LedgerEntry::charge).sum(),
             limit: self.limit(spender)?,
@@ -191,11 +198,17 @@ impl Budgets {
     }
 
     /// The biggest spenders of the current period: (name, points), most first.
-    pub fn top_spenders(&self, now_ms: i64, count: usize) -> Result<Vec<(String, i64)>, StoreError> {
+    pub fn top_spenders(
+        &self,
+        now_ms: i64,
+        count: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         let (start, _) = period::bounds(self.config.period, now_ms);
         let mut totals: HashMap<String, (String, i64)> = HashMap::new();
         for entry in self.store.ledger_since(start * 1000)? {
-            let total = totals.entry(entry.user.clone()).or_insert((entry.user_name.clone(), 0));
+            let total = totals
+                .entry(entry.user.clone())
+                .or_insert((entry.user_name.clone(), 0));
             total.1 += entry.charge();
         }
         let mut totals: Vec<(String, i64)> = totals.into_values().collect();
@@ -227,23 +240,53 @@ mod tests {
         };
         let budgets = Budgets::new(store, config);
         let now = 1_795_644_440_000;
-        let first = budgets.reserve(&spender(false), "c", "m", 60, now).await.unwrap();
-        let refused = budgets.reserve(&spender(false), "c", "m", 60, now).await.unwrap_err();
-        assert!(matches!(refused, BudgetError::Over { spent: 60, limit: 100, .. }), "{refused}");
-        assert!(refused
-            .user_message(crate::config::BudgetPeriod::Day)
-            .contains("resets at 2026-11-26 00:00 UTC"));
+        let first = budgets
+            .reserve(&spender(false), "c", "m", 60, now)
+            .await
+            .unwrap();
+        let refused = budgets
+            .reserve(&spender(false), "c", "m", 60, now)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                BudgetError::Over {
+                    spent: 60,
+                    limit: 100,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .user_message(crate::config::BudgetPeriod::Day)
+                .contains("resets at 2026-11-26 00:00 UTC")
+        );
         budgets.settle(first.ledger_id, 10, now).unwrap();
-        budgets.reserve(&spender(false), "c", "m", 60, now).await.unwrap();
+        budgets
+            .reserve(&spender(false), "c", "m", 60, now)
+            .await
+            .unwrap();
         assert_eq!(budgets.standing(&spender(false), now).unwrap().spent, 70);
         // Admins are exempt but recorded.
-        budgets.reserve(&spender(true), "c", "m", 1000, now).await.unwrap();
+        budgets
+            .reserve(&spender(true), "c", "m", 1000, now)
+            .await
+            .unwrap();
         assert_eq!(budgets.standing(&spender(true), now).unwrap().limit, None);
         assert_eq!(budgets.top_spenders(now, 5).unwrap()[0].1, 1070);
         // An override applies; the next period starts clean.
         budgets.set_limit("memory:ann", Some(2000)).unwrap();
-        assert_eq!(budgets.standing(&spender(false), now).unwrap().limit, Some(2000));
+        assert_eq!(
+            budgets.standing(&spender(false), now).unwrap().limit,
+            Some(2000)
+        );
         let tomorrow = now + 86_400_000;
-        assert_eq!(budgets.standing(&spender(false), tomorrow).unwrap().spent, 0);
+        assert_eq!(
+            budgets.standing(&spender(false), tomorrow).unwrap().spent,
+            0
+        );
     }
 }

@@ -31,7 +31,9 @@ impl Catalog {
     /// The model list, if one could ever be fetched.
     pub async fn models(&self) -> Option<Arc<Vec<ModelInfo>>> {
         let mut cached = self.cached.lock().await;
-        let fresh = cached.as_ref().is_some_and(|(at, _)| at.elapsed() < REFRESH);
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < REFRESH);
         if fresh {
             return cached.as_ref().map(|(_, list)| list.clone());
         }

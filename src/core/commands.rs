@@ -24,13 +24,18 @@ pub enum Command {
     Balance,
     Usage,
     /// `budget <user> <points|default>`.
-    Budget { user: String, points: Option<i64> },
+    Budget {
+        user: String,
+        points: Option<i64>,
+    },
     /// `model` shows; `model <name> [key=value …]` or `model key=value …` changes.
     Model {
         name: Option<String>,
         parameters: Vec<(String, String)>,
     },
-    Models { filter: Option<String> },
+    Models {
+        filter: Option<String>,
+    },
     Prompt(PromptChange),
     Reset,
 }
@@ -138,11 +143,17 @@ pub struct Reply {
 }
 
 fn public(text: String) -> Reply {
-    Reply { text, private: false }
+    Reply {
+        text,
+        private: false,
+    }
 }
 
 fn private(text: String) -> Reply {
-    Reply { text, private: true }
+    Reply {
+        text,
+        private: true,
+    }
 }
 
 fn admins_only(what: &str) -> Reply {
@@ -159,18 +170,27 @@ pub async fn execute(services: &Services, inbound: &Inbound, parsed: Parsed, now
         Ok(reply) => reply,
         Err(err) => {
             tracing::error!(%err, "a command failed");
-            private("That did not work: the bot could not reach its records. Try again later.".into())
+            private(
+                "That did not work: the bot could not reach its records. Try again later.".into(),
+            )
         }
     }
 }
 
-async fn run(services: &Services, inbound: &Inbound, command: Command, now_ms: i64) -> Result<Reply, crate::store::StoreError> {
+async fn run(
+    services: &Services,
+    inbound: &Inbound,
+    command: Command,
+    now_ms: i64,
+) -> Result<Reply, crate::store::StoreError> {
     let store = &services.store;
     let channel = &inbound.channel;
     Ok(match command {
         Command::Help => private(help_text()),
         Command::Usage => {
-            let standing = services.budgets.standing(&services.spender(inbound), now_ms)?;
+            let standing = services
+                .budgets
+                .standing(&services.spender(inbound), now_ms)?;
             let resets = period::format_utc(standing.resets_at_ms);
             private(match standing.limit {
                 Some(limit) => format!(
@@ -200,15 +220,21 @@ async fn run(services: &Services, inbound: &Inbound, command: Command, now_ms: i
             })
         }
         Command::Models { filter } => public(models(services, filter.as_deref()).await),
-        Command::Model { name: None, parameters } if parameters.is_empty() => {
-            public(show_model(services, inbound).await?)
-        }
+        Command::Model {
+            name: None,
+            parameters,
+        } if parameters.is_empty() => public(show_model(services, inbound).await?),
         Command::Model { .. } if !inbound.is_admin => admins_only("change the model"),
-        Command::Model { name, parameters } => public(change_model(services, inbound, name, parameters).await?),
+        Command::Model { name, parameters } => {
+            public(change_model(services, inbound, name, parameters).await?)
+        }
         Command::Prompt(PromptChange::Show) => {
             let settings = store.channel_settings(channel)?;
             public(match settings.system_prompt {
-                Some(prompt) => format!("This channel's system prompt:\n> {}", prompt.replace('\n', "\n> ")),
+                Some(prompt) => format!(
+                    "This channel's system prompt:\n> {}",
+                    prompt.replace('\n', "\n> ")
+                ),
                 None => "This channel has no system prompt.".into(),
             })
         }
@@ -219,7 +245,9 @@ async fn run(services: &Services, inbound: &Inbound, command: Command, now_ms: i
                 _ => None,
             };
             let cleared = prompt.is_none();
-            store.update_channel_settings(channel, |settings| settings.system_prompt = prompt.clone())?;
+            store.update_channel_settings(channel, |settings| {
+                settings.system_prompt = prompt.clone()
+            })?;
             public(if cleared {
                 "The system prompt is cleared.".into()
             } else {
@@ -243,15 +271,24 @@ async fn balance(services: &Services, now_ms: i64) -> Result<String, crate::stor
                 .unwrap_or_else(|| "unknown".into());
             lines.push(format!("**Poe balance:** {points} points"));
         }
-        Err(err) => lines.push(format!("**Poe balance:** unavailable ({})", err.user_message())),
+        Err(err) => lines.push(format!(
+            "**Poe balance:** unavailable ({})",
+            err.user_message()
+        )),
     }
     let day_ago_us = (now_ms - 86_400_000) * 1000;
     match services.poe.points_history_since(day_ago_us, 10).await {
         Ok(entries) => {
             let burned: i64 = entries.iter().filter_map(|entry| entry.cost_points).sum();
-            lines.push(format!("**Last 24 hours:** {burned} points over {} requests", entries.len()));
+            lines.push(format!(
+                "**Last 24 hours:** {burned} points over {} requests",
+                entries.len()
+            ));
         }
-        Err(err) => lines.push(format!("**Last 24 hours:** unavailable ({})", err.user_message())),
+        Err(err) => lines.push(format!(
+            "**Last 24 hours:** unavailable ({})",
+            err.user_message()
+        )),
     }
     let top = services.budgets.top_spenders(now_ms, 5)?;
     if top.is_empty() {
@@ -275,7 +312,11 @@ async fn models(services: &Services, filter: Option<&str>) -> String {
     let needle = filter.map(str::to_ascii_lowercase);
     let mut matching: Vec<_> = list
         .iter()
-        .filter(|model| needle.as_ref().is_none_or(|needle| model.id.to_ascii_lowercase().contains(needle)))
+        .filter(|model| {
+            needle
+                .as_ref()
+                .is_none_or(|needle| model.id.to_ascii_lowercase().contains(needle))
+        })
         .collect();
     matching.sort_by_key(|model| model.id.to_ascii_lowercase());
     if matching.is_empty() {
@@ -287,7 +328,9 @@ async fn models(services: &Services, filter: Option<&str>) -> String {
             .pricing
             .as_ref()
             .and_then(|pricing| Some((pricing.prompt?, pricing.completion?)))
-            .map(|(input, output)| format!(": ${:.2} / ${:.2} per M tokens", input * 1e6, output * 1e6))
+            .map(|(input, output)| {
+                format!(": ${:.2} / ${:.2} per M tokens", input * 1e6, output * 1e6)
+            })
             .unwrap_or_default();
         let media = if model.outputs_media() {
             format!(" ({})", model.output_modalities().join(", "))
@@ -305,7 +348,10 @@ async fn models(services: &Services, filter: Option<&str>) -> String {
     lines.join("\n")
 }
 
-async fn show_model(services: &Services, inbound: &Inbound) -> Result<String, crate::store::StoreError> {
+async fn show_model(
+    services: &Services,
+    inbound: &Inbound,
+) -> Result<String, crate::store::StoreError> {
     let settings = services.store.channel_settings(&inbound.channel)?;
     let name = services.model_for(&settings);
     let mut text = format!("This channel uses **{name}**.");
@@ -313,7 +359,15 @@ async fn show_model(services: &Services, inbound: &Inbound) -> Result<String, cr
         let set: Vec<String> = settings
             .parameters
             .iter()
-            .map(|(key, value)| format!("`{key}={}`", value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string())))
+            .map(|(key, value)| {
+                format!(
+                    "`{key}={}`",
+                    value
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| value.to_string())
+                )
+            })
             .collect();
         text.push_str(&format!("\nParameters: {}", set.join(", ")));
     }
@@ -339,7 +393,10 @@ async fn change_model(
     let target = name.clone().unwrap_or_else(|| services.model_for(&current));
     let catalog = services.catalog.models().await;
     let info = match &catalog {
-        Some(list) => match list.iter().find(|model| model.id.eq_ignore_ascii_case(&target)) {
+        Some(list) => match list
+            .iter()
+            .find(|model| model.id.eq_ignore_ascii_case(&target))
+        {
             Some(model) => Some(model.clone()),
             None => {
                 return Ok(format!(
@@ -369,7 +426,11 @@ async fn change_model(
                     return Ok(if known.is_empty() {
                         format!("Not changed: `{}` takes no parameters.", model.id)
                     } else {
-                        format!("Not changed: `{}` has no parameter `{key}`; it accepts {}.", model.id, known.join(", "))
+                        format!(
+                            "Not changed: `{}` has no parameter `{key}`; it accepts {}.",
+                            model.id,
+                            known.join(", ")
+                        )
                     });
                 }
             },
@@ -378,26 +439,36 @@ async fn change_model(
         };
         values.insert(key.clone(), value);
     }
-    let model_name = info.as_ref().map(|model| model.id.clone()).unwrap_or(target);
+    let model_name = info
+        .as_ref()
+        .map(|model| model.id.clone())
+        .unwrap_or(target);
     let switching = name.is_some();
-    services.store.update_channel_settings(&inbound.channel, |settings| {
-        if switching {
-            settings.model = Some(model_name.clone());
-            settings.parameters = values.clone();
-        } else {
-            for (key, value) in &values {
-                settings.parameters.insert(key.clone(), value.clone());
+    services
+        .store
+        .update_channel_settings(&inbound.channel, |settings| {
+            if switching {
+                settings.model = Some(model_name.clone());
+                settings.parameters = values.clone();
+            } else {
+                for (key, value) in &values {
+                    settings.parameters.insert(key.clone(), value.clone());
+                }
             }
-        }
-    })?;
+        })?;
     let mut text = format!("This channel now uses **{model_name}**");
     if !values.is_empty() {
-        let set: Vec<String> = values.iter().map(|(key, value)| format!("`{key}={value}`")).collect();
+        let set: Vec<String> = values
+            .iter()
+            .map(|(key, value)| format!("`{key}={value}`"))
+            .collect();
         text.push_str(&format!(" with {}", set.join(", ")));
     }
     text.push('.');
     if catalog.is_none() {
-        text.push_str(" (Poe's model list was unavailable, so the name and parameters were not checked.)");
+        text.push_str(
+            " (Poe's model list was unavailable, so the name and parameters were not checked.)",
+        );
     }
     Ok(text)
 }
@@ -411,26 +482,61 @@ mod tests {
         assert_eq!(parse(""), Ok(Command::Help));
         assert_eq!(parse("HELP"), Ok(Command::Help));
         assert_eq!(parse("balance"), Ok(Command::Balance));
-        assert_eq!(parse("budget <@!42> 500"), Ok(Command::Budget { user: "42".into(), points: Some(500) }));
-        assert_eq!(parse("budget @ann:example.org default"), Ok(Command::Budget { user: "@ann:example.org".into(), points: None }));
+        assert_eq!(
+            parse("budget <@!42> 500"),
+            Ok(Command::Budget {
+                user: "42".into(),
+                points: Some(500)
+            })
+        );
+        assert_eq!(
+            parse("budget @ann:example.org default"),
+            Ok(Command::Budget {
+                user: "@ann:example.org".into(),
+                points: None
+            })
+        );
         assert!(parse("budget ann -5").is_err());
         assert!(parse("budget ann").is_err());
         assert_eq!(
             parse("model Claude-Sonnet-4.6 thinking_budget=2048"),
-            Ok(Command::Model { name: Some("Claude-Sonnet-4.6".into()), parameters: vec![("thinking_budget".into(), "2048".into())] })
+            Ok(Command::Model {
+                name: Some("Claude-Sonnet-4.6".into()),
+                parameters: vec![("thinking_budget".into(), "2048".into())]
+            })
         );
         assert_eq!(
             parse("model aspect_ratio=16:9"),
-            Ok(Command::Model { name: None, parameters: vec![("aspect_ratio".into(), "16:9".into())] })
+            Ok(Command::Model {
+                name: None,
+                parameters: vec![("aspect_ratio".into(), "16:9".into())]
+            })
         );
         assert!(parse("model a b").is_err());
         assert!(parse("model a =x").is_err());
-        assert_eq!(parse("models claude"), Ok(Command::Models { filter: Some("claude".into()) }));
+        assert_eq!(
+            parse("models claude"),
+            Ok(Command::Models {
+                filter: Some("claude".into())
+            })
+        );
         assert_eq!(parse("prompt"), Ok(Command::Prompt(PromptChange::Show)));
-        assert_eq!(parse("prompt clear"), Ok(Command::Prompt(PromptChange::Clear)));
-        assert_eq!(parse("prompt Be  brief.\nAlways."), Ok(Command::Prompt(PromptChange::Set("Be  brief.\nAlways.".into()))));
+        assert_eq!(
+            parse("prompt clear"),
+            Ok(Command::Prompt(PromptChange::Clear))
+        );
+        assert_eq!(
+            parse("prompt Be  brief.\nAlways."),
+            Ok(Command::Prompt(PromptChange::Set(
+                "Be  brief.\nAlways.".into()
+            )))
+        );
         assert_eq!(parse("reset"), Ok(Command::Reset));
-        assert!(parse("dance").unwrap_err().contains("`dance` is not a command"));
+        assert!(
+            parse("dance")
+                .unwrap_err()
+                .contains("`dance` is not a command")
+        );
         assert!(is_subcommand("Model") && !is_subcommand("what"));
     }
 }

@@ -60,12 +60,23 @@ impl Price {
     }
 
     /// The worst case: the whole prompt and the longest answer allowed.
-    pub fn reservation(&self, budget: &BudgetConfig, prompt_chars: usize, max_output_tokens: u64) -> i64 {
+    pub fn reservation(
+        &self,
+        budget: &BudgetConfig,
+        prompt_chars: usize,
+        max_output_tokens: u64,
+    ) -> i64 {
         self.points(budget, tokens_for_chars(prompt_chars), max_output_tokens)
     }
 
     /// After the answer: Poe's token counts when it sent them, otherwise sizes.
-    pub fn estimate(&self, budget: &BudgetConfig, prompt_chars: usize, answer_chars: usize, usage: Option<&Usage>) -> i64 {
+    pub fn estimate(
+        &self,
+        budget: &BudgetConfig,
+        prompt_chars: usize,
+        answer_chars: usize,
+        usage: Option<&Usage>,
+    ) -> i64 {
         let input = usage
             .and_then(|usage| usage.prompt_tokens)
             .unwrap_or_else(|| tokens_for_chars(prompt_chars));
@@ -110,20 +121,29 @@ mod tests {
         };
         let settled = price.estimate(&budget, 4000, 9999, Some(&usage));
         assert!(settled < reserved);
-        assert_eq!(settled, ((1000.0 * 0.0000026 + 100.0 * 0.000013) * 33_000.0_f64).ceil() as i64);
+        assert_eq!(
+            settled,
+            ((1000.0 * 0.0000026 + 100.0 * 0.000013) * 33_000.0_f64).ceil() as i64
+        );
     }
 
     #[test]
     fn unpriced_models_use_the_configured_cost() {
         let budget = BudgetConfig::default();
         let unpriced = Price::of(None, None);
-        assert_eq!(unpriced.reservation(&budget, 10, 10), budget.unpriced_request_points);
+        assert_eq!(
+            unpriced.reservation(&budget, 10, 10),
+            budget.unpriced_request_points
+        );
         let configured = ModelConfig {
             name: "Imagen-4".into(),
             transport: None,
             parameters: Default::default(),
             points_per_request: Some(300),
         };
-        assert_eq!(Price::of(None, Some(&configured)).estimate(&budget, 1, 1, None), 300);
+        assert_eq!(
+            Price::of(None, Some(&configured)).estimate(&budget, 1, 1, None),
+            300
+        );
     }
 }

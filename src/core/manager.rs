@@ -100,7 +100,9 @@ struct Inner {
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Manager {
@@ -188,8 +190,10 @@ impl Manager {
         };
         if job.inbound.invocation == Invocation::Command {
             let parsed = commands::parse(&job.inbound.text);
-            let reply = commands::execute(&self.inner.services, &job.inbound, parsed, now_ms()).await;
-            self.post(&job.out, &job.inbound, reply.text, reply.private).await;
+            let reply =
+                commands::execute(&self.inner.services, &job.inbound, parsed, now_ms()).await;
+            self.post(&job.out, &job.inbound, reply.text, reply.private)
+                .await;
             return;
         }
         self.converse(&job.inbound, &job.out).await;
@@ -199,7 +203,10 @@ impl Manager {
     async fn post(&self, out: &Arc<dyn Outbound>, inbound: &Inbound, text: String, private: bool) {
         let limits = out.limits();
         let pacer = self.pacer(&inbound.channel, out);
-        for (index, part) in split(&text, limits.max_message_len, limits.length_unit).iter().enumerate() {
+        for (index, part) in split(&text, limits.max_message_len, limits.length_unit)
+            .iter()
+            .enumerate()
+        {
             let message = OutMessage {
                 text: part.render(),
                 reply_to: (index == 0).then(|| inbound.event_id.clone()),
@@ -209,7 +216,9 @@ impl Manager {
                 pacer.wait_turn().await;
                 match out.send(&inbound.channel, message.clone()).await {
                     Ok(_) => break,
-                    Err(crate::platform::PlatformError::RateLimited { retry_after }) => pacer.back_off(retry_after),
+                    Err(crate::platform::PlatformError::RateLimited { retry_after }) => {
+                        pacer.back_off(retry_after)
+                    }
                     Err(err) => {
                         tracing::warn!(channel = %inbound.channel, %err, "cannot post a reply");
                         break;
@@ -243,8 +252,13 @@ impl Manager {
             Ok(settings) => settings,
             Err(err) => {
                 tracing::error!(%err, "cannot read channel settings");
-                self.post(out, inbound, "The bot cannot read its records right now. Try again later.".into(), false)
-                    .await;
+                self.post(
+                    out,
+                    inbound,
+                    "The bot cannot read its records right now. Try again later.".into(),
+                    false,
+                )
+                .await;
                 return;
             }
         };
@@ -264,7 +278,11 @@ impl Manager {
                 Vec::new()
             });
         let request = build_request(&model, &settings, &history, inbound, config, media);
-        let prompt_chars: usize = request.messages.iter().map(|message| message.content.chars().count()).sum();
+        let prompt_chars: usize = request
+            .messages
+            .iter()
+            .map(|message| message.content.chars().count())
+            .sum();
         let max_output = info
             .as_ref()
             .and_then(|info| info.max_output_tokens())
@@ -285,7 +303,8 @@ impl Manager {
         {
             Ok(reservation) => reservation,
             Err(err) => {
-                self.post(out, inbound, err.user_message(config.budget.period), false).await;
+                self.post(out, inbound, err.user_message(config.budget.period), false)
+                    .await;
                 return;
             }
         };
@@ -302,7 +321,10 @@ impl Manager {
             tracing::error!(%err, "cannot record the user's turn");
         }
         let inflight = InflightReply {
-            id: services.store.next_id().unwrap_or_else(|_| reservation.ledger_id),
+            id: services
+                .store
+                .next_id()
+                .unwrap_or_else(|_| reservation.ledger_id),
             channel: channel.clone(),
             reply_to: inbound.event_id.clone(),
             ledger_id: Some(reservation.ledger_id),
@@ -401,17 +423,32 @@ impl Manager {
         }
         let settled = if answer.is_empty() && failure.is_some() {
             // Nothing was produced: Poe does not charge refused or failed requests.
-            services.budgets.release(reservation.ledger_id, now_ms()).map(|()| 0)
+            services
+                .budgets
+                .release(reservation.ledger_id, now_ms())
+                .map(|()| 0)
         } else {
-            let points = price.estimate(&config.budget, prompt_chars, answer.chars().count(), usage.as_ref());
-            services.budgets.settle(reservation.ledger_id, points, now_ms()).map(|()| points)
+            let points = price.estimate(
+                &config.budget,
+                prompt_chars,
+                answer.chars().count(),
+                usage.as_ref(),
+            );
+            services
+                .budgets
+                .settle(reservation.ledger_id, points, now_ms())
+                .map(|()| points)
         };
         if let Err(err) = services.store.remove_inflight(inflight.id) {
             tracing::error!(%err, "cannot clear the reply in flight");
         }
         let outcome = match &failure {
             None => "ok".to_owned(),
-            Some(err) => format!("{err:?}").split([' ', '{', '(']).next().unwrap_or("error").to_owned(),
+            Some(err) => format!("{err:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or("error")
+                .to_owned(),
         };
         tracing::info!(
             channel = %channel,
@@ -449,7 +486,8 @@ impl Manager {
                 let limits = out.limits();
                 let notice = "⚠️ This answer was interrupted: the bot restarted. Ask again to get a full answer.";
                 let amended = format!("{}\n\n{notice}", record.last_text);
-                let fits = crate::core::render::split::measure(&amended, limits.length_unit) <= limits.max_message_len;
+                let fits = crate::core::render::split::measure(&amended, limits.length_unit)
+                    <= limits.max_message_len;
                 let result = match record.messages.last() {
                     Some(last) if fits && !record.last_text.is_empty() => {
                         out.edit(&record.channel, last, &amended).await
@@ -489,7 +527,8 @@ impl Manager {
     /// Runs reconciliation and retention in the background until the manager is dropped.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
-        let interval = Duration::from_secs(self.inner.services.config.budget.reconcile_interval_secs);
+        let interval =
+            Duration::from_secs(self.inner.services.config.budget.reconcile_interval_secs);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -25,7 +25,11 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -43,7 +47,11 @@ pub fn bounds(period: BudgetPeriod, now_ms: i64) -> (i64, i64) {
         BudgetPeriod::Month => {
             let (year, month, _) = civil_from_days(today);
             let start = days_from_civil(year, month, 1);
-            let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+            let (next_year, next_month) = if month == 12 {
+                (year + 1, 1)
+            } else {
+                (year, month + 1)
+            };
             let end = days_from_civil(next_year, next_month, 1);
             (start * MS_PER_DAY, end * MS_PER_DAY)
         }
@@ -54,7 +62,11 @@ pub fn bounds(period: BudgetPeriod, now_ms: i64) -> (i64, i64) {
 pub fn format_utc(ms: i64) -> String {
     let (year, month, day) = civil_from_days(ms.div_euclid(MS_PER_DAY));
     let minutes = ms.rem_euclid(MS_PER_DAY) / 60_000;
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", minutes / 60, minutes % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minutes / 60,
+        minutes % 60
+    )
 }
 
 #[cfg(test)]
@@ -68,11 +80,20 @@ mod tests {
     fn periods_start_and_end_where_a_calendar_says() {
         assert_eq!(format_utc(NOW), "2026-11-25 22:07 UTC");
         let (start, end) = bounds(BudgetPeriod::Day, NOW);
-        assert_eq!((format_utc(start), format_utc(end)), ("2026-11-25 00:00 UTC".into(), "2026-11-26 00:00 UTC".into()));
+        assert_eq!(
+            (format_utc(start), format_utc(end)),
+            ("2026-11-25 00:00 UTC".into(), "2026-11-26 00:00 UTC".into())
+        );
         let (start, end) = bounds(BudgetPeriod::Week, NOW);
-        assert_eq!((format_utc(start), format_utc(end)), ("2026-11-23 00:00 UTC".into(), "2026-11-30 00:00 UTC".into()));
+        assert_eq!(
+            (format_utc(start), format_utc(end)),
+            ("2026-11-23 00:00 UTC".into(), "2026-11-30 00:00 UTC".into())
+        );
         let (start, end) = bounds(BudgetPeriod::Month, NOW);
-        assert_eq!((format_utc(start), format_utc(end)), ("2026-11-01 00:00 UTC".into(), "2026-12-01 00:00 UTC".into()));
+        assert_eq!(
+            (format_utc(start), format_utc(end)),
+            ("2026-11-01 00:00 UTC".into(), "2026-12-01 00:00 UTC".into())
+        );
         let december = bounds(BudgetPeriod::Month, end + 1);
         assert_eq!(format_utc(december.1), "2027-01-01 00:00 UTC");
         let leap = days_from_civil(2028, 2, 29);

@@ -49,7 +49,11 @@ fn share(total: i64, weights: &[i64]) -> Vec<i64> {
         .enumerate()
         .map(|(index, weight)| {
             let scaled = total as i128 * (*weight).max(1) as i128;
-            (index, (scaled / sum as i128) as i64, (scaled % sum as i128) as i64)
+            (
+                index,
+                (scaled / sum as i128) as i64,
+                (scaled % sum as i128) as i64,
+            )
         })
         .collect();
     let mut left = total - shares.iter().map(|(_, base, _)| base).sum::<i64>();
@@ -79,13 +83,20 @@ pub async fn reconcile_once(
         .filter(|entry| {
             entry.reconciled.is_none()
                 && entry.state != LedgerState::Reserved
-                && entry.finished_us.is_some_and(|end| end <= now_us - settle_us)
+                && entry
+                    .finished_us
+                    .is_some_and(|end| end <= now_us - settle_us)
         })
         .collect();
     if ours.is_empty() {
         return Ok(ReconcileReport::default());
     }
-    let since = ours.iter().map(|entry| entry.created_us).min().unwrap_or(now_us) - slack_us;
+    let since = ours
+        .iter()
+        .map(|entry| entry.created_us)
+        .min()
+        .unwrap_or(now_us)
+        - slack_us;
     let theirs: Vec<HistoryEntry> = poe
         .points_history_since(since, 100)
         .await?

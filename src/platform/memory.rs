@@ -77,14 +77,16 @@ impl MemoryPlatform {
             max_message_len: 2000,
             length_unit: LengthUnit::Chars,
             min_edit_interval: Duration::from_millis(1000),
-            min_channel_interval: Duration::from_millis(250),
+            min_channel_interval: Duration::from_millis(1000),
             max_edits_per_message: None,
             typing_interval: Duration::from_secs(8),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The next `count` sends or edits fail with `error`.
@@ -128,7 +130,11 @@ impl MemoryPlatform {
     }
 
     /// Waits until `condition` holds for the messages shown, or `timeout` passes.
-    pub async fn wait_for(&self, timeout: Duration, condition: impl Fn(&[ShownMessage]) -> bool) -> bool {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&[ShownMessage]) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -141,13 +147,21 @@ impl MemoryPlatform {
         }
     }
 
-    fn admit(&self, state: &mut State, channel: &ChannelKey, now: Instant) -> Result<(), PlatformError> {
+    fn admit(
+        &self,
+        state: &mut State,
+        channel: &ChannelKey,
+        now: Instant,
+    ) -> Result<(), PlatformError> {
         if let Some(error) = state.injected.pop_front() {
             return Err(error);
         }
         if let Some((calls, window)) = state.channel_rate {
             let recent = state.recent.entry(channel.clone()).or_default();
-            while recent.front().is_some_and(|at| now.duration_since(*at) >= window) {
+            while recent
+                .front()
+                .is_some_and(|at| now.duration_since(*at) >= window)
+            {
                 recent.pop_front();
             }
             if recent.len() >= calls {
@@ -166,7 +180,10 @@ impl MemoryPlatform {
         let length = measure(text, self.limits.length_unit);
         if length > self.limits.max_message_len {
             return Err(PlatformError::Failed {
-                detail: format!("message of {length} exceeds {}", self.limits.max_message_len),
+                detail: format!(
+                    "message of {length} exceeds {}",
+                    self.limits.max_message_len
+                ),
             });
         }
         if text.is_empty() {
@@ -184,7 +201,11 @@ impl Outbound for MemoryPlatform {
         self.limits.clone()
     }
 
-    async fn send(&self, channel: &ChannelKey, message: OutMessage) -> Result<MessageId, PlatformError> {
+    async fn send(
+        &self,
+        channel: &ChannelKey,
+        message: OutMessage,
+    ) -> Result<MessageId, PlatformError> {
         let now = Instant::now();
         let mut state = self.lock();
         let result = self
@@ -214,12 +235,18 @@ impl Outbound for MemoryPlatform {
         Ok(id)
     }
 
-    async fn edit(&self, channel: &ChannelKey, id: &MessageId, text: &str) -> Result<(), PlatformError> {
+    async fn edit(
+        &self,
+        channel: &ChannelKey,
+        id: &MessageId,
+        text: &str,
+    ) -> Result<(), PlatformError> {
         let now = Instant::now();
         let mut state = self.lock();
         let exists = state.messages.iter().any(|message| &message.id == id);
         let result = if exists {
-            self.check_length(text).and_then(|()| self.admit(&mut state, channel, now))
+            self.check_length(text)
+                .and_then(|()| self.admit(&mut state, channel, now))
         } else {
             Err(PlatformError::Failed {
                 detail: format!("no message {}", id.0),

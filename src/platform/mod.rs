@@ -129,7 +129,16 @@ pub enum PlatformError {
 #[async_trait]
 pub trait Outbound: Send + Sync {
     fn limits(&self) -> Limits;
-    async fn send(&self, channel: &ChannelKey, message: OutMessage) -> Result<MessageId, PlatformError>;
-    async fn edit(&self, channel: &ChannelKey, message: &MessageId, text: &str) -> Result<(), PlatformError>;
+    async fn send(
+        &self,
+        channel: &ChannelKey,
+        message: OutMessage,
+    ) -> Result<MessageId, PlatformError>;
+    async fn edit(
+        &self,
+        channel: &ChannelKey,
+        message: &MessageId,
+        text: &str,
+    ) -> Result<(), PlatformError>;
     async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError>;
 }

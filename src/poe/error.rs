@@ -135,11 +135,23 @@ impl PoeError {
     pub(crate) fn scrubbed(self, key: &Secret) -> Self {
         let clean = |detail: String| clean_detail(&detail, key);
         match self {
-            PoeError::BadRequest { detail } => PoeError::BadRequest { detail: clean(detail) },
-            PoeError::Refused { detail } => PoeError::Refused { detail: clean(detail) },
-            PoeError::ModelNotFound { model } => PoeError::ModelNotFound { model: clean(model) },
-            PoeError::RequestTooLarge { detail } => PoeError::RequestTooLarge { detail: clean(detail) },
-            PoeError::Unavailable { detail, retry_after, retryable } => PoeError::Unavailable {
+            PoeError::BadRequest { detail } => PoeError::BadRequest {
+                detail: clean(detail),
+            },
+            PoeError::Refused { detail } => PoeError::Refused {
+                detail: clean(detail),
+            },
+            PoeError::ModelNotFound { model } => PoeError::ModelNotFound {
+                model: clean(model),
+            },
+            PoeError::RequestTooLarge { detail } => PoeError::RequestTooLarge {
+                detail: clean(detail),
+            },
+            PoeError::Unavailable {
+                detail,
+                retry_after,
+                retryable,
+            } => PoeError::Unavailable {
                 detail: clean(detail),
                 retry_after,
                 retryable,
@@ -299,7 +311,13 @@ pub(crate) fn from_stream_error(object: &ErrorObject, model: &str, key: &Secret)
         .filter(|code| (400..600).contains(code))
     {
         let body = serde_json::json!({"error": {"message": detail, "type": object.kind}});
-        return from_http(status as u16, &HeaderMap::new(), body.to_string().as_bytes(), Some(model), key);
+        return from_http(
+            status as u16,
+            &HeaderMap::new(),
+            body.to_string().as_bytes(),
+            Some(model),
+            key,
+        );
     }
     if object.mentions(&[
         "insufficient_points",

@@ -160,8 +160,9 @@ impl PoeClient {
     /// `{base}/bot/{model}`, with the model name as one encoded path segment, so a name
     /// like `../v1/models` or `a?b` cannot change where the request goes.
     pub(crate) fn bot_url(&self, model: &str) -> Result<reqwest::Url, PoeError> {
-        let mut url = reqwest::Url::parse(&self.url("/bot/"))
-            .map_err(|err| PoeError::protocol(format!("poe.base_url is not a URL: {err}"), false))?;
+        let mut url = reqwest::Url::parse(&self.url("/bot/")).map_err(|err| {
+            PoeError::protocol(format!("poe.base_url is not a URL: {err}"), false)
+        })?;
         url.path_segments_mut()
             .map_err(|()| PoeError::protocol("poe.base_url cannot carry a path", false))?
             .pop_if_empty()
@@ -219,7 +220,12 @@ impl PoeClient {
         let url = self.url(path);
         self.with_retries(path, || async {
             let idle = self.config().idle_timeout();
-            let send = self.http().get(&url).query(query).bearer_auth(self.key().expose()).send();
+            let send = self
+                .http()
+                .get(&url)
+                .query(query)
+                .bearer_auth(self.key().expose())
+                .send();
             let response = tokio::time::timeout(idle, send)
                 .await
                 .map_err(|_| PoeError::Timeout {

@@ -119,7 +119,12 @@ impl ParameterSpec {
             return matched.cloned().ok_or_else(|| {
                 let listed: Vec<String> = choices
                     .iter()
-                    .map(|choice| choice.as_str().map(str::to_owned).unwrap_or_else(|| choice.to_string()))
+                    .map(|choice| {
+                        choice
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| choice.to_string())
+                    })
                     .collect();
                 format!("`{}` must be one of: {}", self.name, listed.join(", "))
             });
@@ -171,12 +176,20 @@ impl ParameterSpec {
         if let Some(choices) = field("enum").and_then(Value::as_array) {
             let listed: Vec<String> = choices
                 .iter()
-                .map(|choice| choice.as_str().map(str::to_owned).unwrap_or_else(|| choice.to_string()))
+                .map(|choice| {
+                    choice
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| choice.to_string())
+                })
                 .collect();
             return format!("one of {}", listed.join(", "));
         }
         let kind = field("type").and_then(Value::as_str).unwrap_or("text");
-        match (field("minimum").and_then(Value::as_f64), field("maximum").and_then(Value::as_f64)) {
+        match (
+            field("minimum").and_then(Value::as_f64),
+            field("maximum").and_then(Value::as_f64),
+        ) {
             (Some(low), Some(high)) => format!("{kind} from {low} to {high}"),
             _ => kind.to_owned(),
         }
@@ -201,8 +214,18 @@ mod tests {
     fn values_are_checked_against_the_declared_schema() {
         let budget = spec(json!({"type": "number", "minimum": 0, "maximum": 31999}));
         assert_eq!(budget.parse_value("1024").unwrap(), json!(1024));
-        assert!(budget.parse_value("40000").unwrap_err().contains("at most 31999"));
-        assert!(budget.parse_value("lots").unwrap_err().contains("must be a number"));
+        assert!(
+            budget
+                .parse_value("40000")
+                .unwrap_err()
+                .contains("at most 31999")
+        );
+        assert!(
+            budget
+                .parse_value("lots")
+                .unwrap_err()
+                .contains("must be a number")
+        );
         let ratio = spec(json!({"enum": ["1:1", "16:9"]}));
         assert_eq!(ratio.parse_value("16:9").unwrap(), json!("16:9"));
         assert!(ratio.parse_value("4:3").unwrap_err().contains("1:1, 16:9"));

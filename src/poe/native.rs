@@ -256,7 +256,10 @@ mod tests {
             ),
             event("brand_new_event", r#"{"x":1}"#),
             event("data", r#"{"metadata":"m"}"#),
-            event("json", r#"{"choices":[{"index":0,"delta":{"content":"!"}}]}"#),
+            event(
+                "json",
+                r#"{"choices":[{"index":0,"delta":{"content":"!"}}]}"#,
+            ),
             event("done", "{}"),
         ]);
         end.unwrap();

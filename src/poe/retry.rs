@@ -98,11 +98,21 @@ mod tests {
                 .map(|_| retries.delay_after(&unavailable()).unwrap())
                 .collect();
             let longest = delays.iter().max().unwrap();
-            assert!(*longest <= Duration::from_millis(cap), "{longest:?} > {cap}");
+            assert!(
+                *longest <= Duration::from_millis(cap),
+                "{longest:?} > {cap}"
+            );
             // Full jitter: spread over the whole step, not pinned to it or to zero.
-            assert!(*longest > Duration::from_millis(cap / 2), "{longest:?} for {cap}");
+            assert!(
+                *longest > Duration::from_millis(cap / 2),
+                "{longest:?} for {cap}"
+            );
             let distinct: std::collections::HashSet<_> = delays.iter().collect();
-            assert!(distinct.len() > 10, "only {} distinct delays", distinct.len());
+            assert!(
+                distinct.len() > 10,
+                "only {} distinct delays",
+                distinct.len()
+            );
         }
         retries.begin_attempt();
         assert_eq!(retries.delay_after(&unavailable()), None);

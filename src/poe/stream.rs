@@ -198,9 +198,11 @@ impl ReplyStream {
         self.retries.begin_attempt();
         let url = match self.transport {
             Transport::Native => client.bot_url(&self.request.model)?,
-            Transport::OpenAi => reqwest::Url::parse(&client.url("/v1/chat/completions")).map_err(
-                |err| PoeError::protocol(format!("poe.base_url is not a URL: {err}"), false),
-            )?,
+            Transport::OpenAi => {
+                reqwest::Url::parse(&client.url("/v1/chat/completions")).map_err(|err| {
+                    PoeError::protocol(format!("poe.base_url is not a URL: {err}"), false)
+                })?
+            }
         };
         let body = self.body.clone().unwrap_or_default();
         let send = client
@@ -232,9 +234,14 @@ impl ReplyStream {
         let status = response.status().as_u16();
         if !response.status().is_success() {
             let headers = response.headers().clone();
-            let body = read_limited(response, MAX_ERROR_BODY_BYTES, self.idle_wait(), self.deadline)
-                .await
-                .unwrap_or_default();
+            let body = read_limited(
+                response,
+                MAX_ERROR_BODY_BYTES,
+                self.idle_wait(),
+                self.deadline,
+            )
+            .await
+            .unwrap_or_default();
             return Err(error::from_http(
                 status,
                 &headers,
@@ -258,9 +265,14 @@ impl ReplyStream {
             return Ok(());
         }
         if !content_type.starts_with("text/event-stream") {
-            let body = read_limited(response, MAX_ERROR_BODY_BYTES, self.idle_wait(), self.deadline)
-                .await
-                .unwrap_or_default();
+            let body = read_limited(
+                response,
+                MAX_ERROR_BODY_BYTES,
+                self.idle_wait(),
+                self.deadline,
+            )
+            .await
+            .unwrap_or_default();
             if let Ok(error::ErrorBody {
                 error: Some(object),
             }) = serde_json::from_slice(&body)

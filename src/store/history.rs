@@ -77,10 +77,12 @@ impl Store {
         let Some((key, _)) = self.history.scan_prefix(&prefix).next_back().transpose()? else {
             return Ok(0);
         };
-        let bytes: [u8; 8] = key[prefix.len()..].try_into().map_err(|_| StoreError::Corrupt {
-            what: "history key",
-            detail: format!("{} bytes", key.len()),
-        })?;
+        let bytes: [u8; 8] = key[prefix.len()..]
+            .try_into()
+            .map_err(|_| StoreError::Corrupt {
+                what: "history key",
+                detail: format!("{} bytes", key.len()),
+            })?;
         Ok(u64::from_be_bytes(bytes))
     }
 
@@ -136,9 +138,18 @@ mod tests {
         let there = ChannelKey::new("memory", "a").in_thread("t");
         let mut seqs = Vec::new();
         for index in 0..10 {
-            seqs.push(store.append_turn(&here, &turn(TurnRole::User, &format!("turn {index}"), index)).unwrap());
+            seqs.push(
+                store
+                    .append_turn(
+                        &here,
+                        &turn(TurnRole::User, &format!("turn {index}"), index),
+                    )
+                    .unwrap(),
+            );
         }
-        store.append_turn(&there, &turn(TurnRole::User, "elsewhere", 0)).unwrap();
+        store
+            .append_turn(&there, &turn(TurnRole::User, "elsewhere", 0))
+            .unwrap();
         let recent = store.recent_turns(&here, 0, 3, 10_000).unwrap();
         let texts: Vec<&str> = recent.iter().map(|t| t.text.as_str()).collect();
         assert_eq!(texts, ["turn 7", "turn 8", "turn 9"]);
@@ -146,7 +157,13 @@ mod tests {
         assert_eq!(store.recent_turns(&here, 0, 10, 13).unwrap().len(), 2);
         // One turn always fits, however long.
         assert_eq!(store.recent_turns(&here, 0, 10, 1).unwrap().len(), 1);
-        assert_eq!(store.recent_turns(&here, seqs[7], 10, 10_000).unwrap().len(), 2);
+        assert_eq!(
+            store
+                .recent_turns(&here, seqs[7], 10, 10_000)
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(store.last_seq(&here).unwrap(), seqs[9]);
         assert_eq!(store.all_turns(&there).unwrap().len(), 1);
         assert_eq!(store.prune_turns_before(5).unwrap(), 6);

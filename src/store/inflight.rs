@@ -22,7 +22,8 @@ pub struct InflightReply {
 
 impl Store {
     pub fn put_inflight(&self, reply: &InflightReply) -> Result<(), StoreError> {
-        self.inflight.insert(reply.id.to_be_bytes(), encode(reply)?)?;
+        self.inflight
+            .insert(reply.id.to_be_bytes(), encode(reply)?)?;
         Ok(())
     }
 

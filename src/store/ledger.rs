@@ -102,7 +102,11 @@ impl Store {
     }
 
     /// The user's entries created at or after `since_us`, oldest first.
-    pub fn ledger_for_user_since(&self, user: &str, since_us: i64) -> Result<Vec<LedgerEntry>, StoreError> {
+    pub fn ledger_for_user_since(
+        &self,
+        user: &str,
+        since_us: i64,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
         let start = user_index_key(user, since_us, 0);
         let end = user_index_key(user, i64::MAX, u64::MAX);
         let mut entries = Vec::new();
@@ -139,7 +143,11 @@ impl Store {
             .transpose()
     }
 
-    pub fn set_user_budget(&self, user: &str, budget: Option<UserBudget>) -> Result<(), StoreError> {
+    pub fn set_user_budget(
+        &self,
+        user: &str,
+        budget: Option<UserBudget>,
+    ) -> Result<(), StoreError> {
         match budget {
             Some(budget) => {
                 self.budgets.insert(user, encode(&budget)?)?;
@@ -153,9 +161,11 @@ impl Store {
 
     /// Marks Poe's history entry `query_id` as matched; `false` if it already was.
     pub fn claim_query(&self, query_id: &str) -> Result<bool, StoreError> {
-        let previous = self
-            .claimed_queries
-            .compare_and_swap(query_id, None as Option<&[u8]>, Some(&[1u8][..]))?;
+        let previous = self.claimed_queries.compare_and_swap(
+            query_id,
+            None as Option<&[u8]>,
+            Some(&[1u8][..]),
+        )?;
         Ok(previous.is_ok())
     }
 }
@@ -201,7 +211,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(settled.charge(), 30);
-        let reconciled = store.update_ledger(a2.id, |e| e.reconciled = Some(33)).unwrap().unwrap();
+        let reconciled = store
+            .update_ledger(a2.id, |e| e.reconciled = Some(33))
+            .unwrap()
+            .unwrap();
         assert_eq!(reconciled.charge(), 33);
         assert_eq!(store.ledger_since(0).unwrap().len(), 3);
         assert!(store.claim_query("q1").unwrap());

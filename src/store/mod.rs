@@ -79,20 +79,23 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|err| match &err {
-            sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("lock") =>
-            {
-                StoreError::Locked {
-                    path: path.to_owned(),
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|err| match &err {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    StoreError::Locked {
+                        path: path.to_owned(),
+                    }
                 }
-            }
-            _ => StoreError::Open {
-                path: path.to_owned(),
-                detail: err.to_string(),
-            },
-        })?;
+                _ => StoreError::Open {
+                    path: path.to_owned(),
+                    detail: err.to_string(),
+                },
+            })?;
         let store = Store {
             meta: db.open_tree("meta")?,
             history: db.open_tree("history")?,
@@ -160,7 +163,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|err| StoreError::Io(format!("cannot encode: {err}")))
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
         what,
         detail: err.to_string(),

@@ -6,9 +6,11 @@ use super::{Store, StoreError};
 impl Store {
     /// Records `event` as handled at `now_ms`; `false` if it was handled before.
     pub fn mark_seen(&self, event: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let previous = self
-            .seen
-            .compare_and_swap(event, None as Option<&[u8]>, Some(&now_ms.to_be_bytes()))?;
+        let previous = self.seen.compare_and_swap(
+            event,
+            None as Option<&[u8]>,
+            Some(&now_ms.to_be_bytes()),
+        )?;
         Ok(previous.is_ok())
     }
 

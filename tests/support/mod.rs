@@ -92,3 +92,76 @@ pub fn python_script(name: &str) -> PathBuf {
         .join("tests/python")
         .join(name)
 }
+
+/// The core wired to `fake` and a fresh sled store, with the in-memory platform.
+pub struct CoreSetup {
+    pub manager: poe_relay::core::manager::Manager,
+    pub platform: poe_relay::platform::memory::MemoryPlatform,
+    pub store: poe_relay::store::Store,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn core_config(fake: &FakePoe) -> poe_relay::config::Config {
+    let mut config = poe_relay::config::Config::default();
+    config.poe = config_for(fake);
+    config.chat.default_model = "echo".into();
+    config.budget.reconcile_after_secs = 0;
+    config
+}
+
+pub fn core_with(
+    config: poe_relay::config::Config,
+    platform: poe_relay::platform::memory::MemoryPlatform,
+) -> CoreSetup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = poe_relay::store::Store::open(dir.path()).expect("store");
+    let poe = PoeClient::new(config.poe.clone(), Secret::new(KEY)).expect("client");
+    let services = poe_relay::core::manager::Services::new(config, poe, store.clone());
+    CoreSetup {
+        manager: poe_relay::core::manager::Manager::new(services),
+        platform,
+        store,
+        dir,
+    }
+}
+
+/// A fast platform for tests: Discord's 2,000 characters, short intervals.
+pub fn quick_platform() -> poe_relay::platform::memory::MemoryPlatform {
+    use poe_relay::core::render::split::LengthUnit;
+    use std::time::Duration;
+    poe_relay::platform::memory::MemoryPlatform::new(poe_relay::platform::Limits {
+        max_message_len: 2000,
+        length_unit: LengthUnit::Chars,
+        min_edit_interval: Duration::from_millis(50),
+        min_channel_interval: Duration::from_millis(10),
+        max_edits_per_message: None,
+        typing_interval: Duration::from_millis(200),
+    })
+}
+
+static EVENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub fn message(channel: &str, user: &str, text: &str) -> poe_relay::platform::Inbound {
+    poe_relay::platform::Inbound {
+        channel: poe_relay::platform::ChannelKey::new("memory", channel),
+        user_id: user.to_owned(),
+        user_name: user.to_owned(),
+        is_admin: false,
+        is_group: false,
+        invocation: poe_relay::platform::Invocation::Message,
+        text: text.to_owned(),
+        attachments: Vec::new(),
+        event_id: format!(
+            "e{}",
+            EVENT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ),
+        timestamp_ms: poe_relay::core::manager::now_ms(),
+    }
+}
+
+pub fn command(channel: &str, user: &str, admin: bool, text: &str) -> poe_relay::platform::Inbound {
+    let mut inbound = message(channel, user, text);
+    inbound.invocation = poe_relay::platform::Invocation::Command;
+    inbound.is_admin = admin;
+    inbound
+}

@@ -78,8 +78,7 @@ pub struct Part {
 impl Part {
     /// The message text: `reopen + body + close`.
     pub fn render(&self) -> String {
-        let mut out =
-            String::with_capacity(self.reopen.len() + self.body.len() + self.close.len());
+        let mut out = String::with_capacity(self.reopen.len() + self.body.len() + self.close.len());
         out.push_str(&self.reopen);
         out.push_str(&self.body);
         out.push_str(&self.close);
@@ -479,7 +478,7 @@ fn choose_cut(
     start: Option<(u8, usize)>,
     unit: LengthUnit,
 ) -> Option<usize> {
-    let view_end = text.len();
+    let view_end = next_char_end(text, window_end);
     let view = text.get(pos..view_end)?;
     let half = budget.div_ceil(2);
 
@@ -669,6 +668,17 @@ mod tests {
         if text.is_empty() {
             assert!(parts.is_empty());
         }
+        // Cuts fall at grapheme boundaries, unless the grapheme alone is longer than the limit.
+        for cut in cuts(&parts) {
+            for (start, g) in text.grapheme_indices(true) {
+                if start < cut && cut < start + g.len() {
+                    assert!(
+                        measure(g, unit) > limit.max(1),
+                        "cut at {cut} splits grapheme {g:?}"
+                    );
+                }
+            }
+        }
         let source_open = ends_in_open_fence(text);
         for (i, p) in parts.iter().enumerate() {
             let rendered = p.render();
@@ -709,6 +719,36 @@ mod tests {
             long[..finished],
             "finished parts changed when {prefix:?} grew to {full:?}"
         );
+    }
+
+    /// A prefix of `full` that exceeds part `k`'s window (with or without its reopen prefix)
+    /// by `extra + 1` units: where a lookahead past the window would show.
+    fn prefix_past_window(
+        full: &str,
+        k: usize,
+        extra: usize,
+        degraded: bool,
+        limit: usize,
+        unit: LengthUnit,
+    ) -> usize {
+        let parts = split(full, limit, unit);
+        let k = k % parts.len().max(1);
+        let start: usize = parts[..k].iter().map(|p| p.body.len()).sum();
+        let reopen = parts.get(k).map_or(0, |p| measure(&p.reopen, unit));
+        let budget = if degraded {
+            limit
+        } else {
+            limit.saturating_sub(reopen)
+        };
+        let target = budget + 1 + extra;
+        let mut used = 0;
+        for (i, c) in full[start..].char_indices() {
+            if used >= target {
+                return start + i;
+            }
+            used += measure(c.encode_utf8(&mut [0; 4]), unit);
+        }
+        full.len()
     }
 
     #[test]
@@ -786,7 +826,9 @@ mod tests {
         }
         text.push_str("Here is the code:\n```rust\n");
         for i in 0..50 {
-            text.push_str(&format!("    let value_{i:02} = compute({i:02}, \"abcdef\");\n"));
+            text.push_str(&format!(
+                "    let value_{i:02} = compute({i:02}, \"abcdef\");\n"
+            ));
         }
         text.push_str("```\n\n");
         while text.chars().count() < 4950 {
@@ -800,7 +842,11 @@ mod tests {
         assert_eq!(parts.len(), 3, "{parts:#?}");
         check_invariants(&text, 2000, LengthUnit::Chars, true);
         // The first part ends right before the code block (a paragraph-level boundary).
-        assert!(parts[0].body.ends_with("Here is the code:\n"), "{:?}", parts[0].body);
+        assert!(
+            parts[0].body.ends_with("Here is the code:\n"),
+            "{:?}",
+            parts[0].body
+        );
         assert!(parts[0].close.is_empty() && parts[0].reopen.is_empty());
         // The code block is cut at a line break: closed, then reopened with its language.
         assert!(parts[1].reopen.is_empty());
@@ -851,9 +897,11 @@ mod tests {
         let text: String = "日本語の文章には空白がありません".repeat(20);
         let parts = split(&text, 50, LengthUnit::Chars);
         check_invariants(&text, 50, LengthUnit::Chars, true);
-        assert!(parts[..parts.len() - 1]
-            .iter()
-            .all(|p| p.body.chars().count() == 50));
+        assert!(
+            parts[..parts.len() - 1]
+                .iter()
+                .all(|p| p.body.chars().count() == 50)
+        );
         // With full stops, cuts go after them.
         let text: String = "これは文です。".repeat(30);
         let parts = split(&text, 50, LengthUnit::Chars);
@@ -959,6 +1007,7 @@ mod tests {
             8 => prop::sample::select(vec![
                 "lorem", "ipsum", "dolor", "sit", "amet", "a", "I", "code", "fn", "x",
                 "consectetur", "adipiscing", "`inline`", "(paren)", "\"quoted.\"",
+                "```x```", "~~~",
             ]),
             8 => Just(" "),
             3 => Just("\n"),
@@ -996,10 +1045,15 @@ mod tests {
             text in text(200),
             limit in 10usize..300,
             unit in unit(),
-            prefixes in prop::collection::vec(any::<prop::sample::Index>(), 1..8),
+            prefixes in prop::collection::vec(any::<prop::sample::Index>(), 1..5),
+            probes in prop::collection::vec((0usize..100, 0usize..4, any::<bool>()), 1..6),
         ) {
             for index in prefixes {
                 let at = index.index(text.len() + 1);
+                check_stable(&text, at, limit, unit);
+            }
+            for (k, extra, degraded) in probes {
+                let at = prefix_past_window(&text, k, extra, degraded, limit, unit);
                 check_stable(&text, at, limit, unit);
             }
         }

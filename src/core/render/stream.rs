@@ -23,7 +23,9 @@ use crate::platform::{ChannelKey, Limits, MessageId, OutMessage, Outbound, Platf
 pub enum Ending {
     Complete,
     /// The answer stopped early; the notice says why and follows the partial text.
-    Failed { notice: String },
+    Failed {
+        notice: String,
+    },
 }
 
 /// Spaces out one channel's calls and holds back after a platform 429. Shared by every
@@ -43,7 +45,9 @@ impl ChannelPacer {
     }
 
     fn slot(&self) -> MutexGuard<'_, Instant> {
-        self.next_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.next_slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits for this channel's next free slot and takes it.
@@ -94,7 +98,9 @@ struct Produced {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Produced> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -201,7 +207,12 @@ fn desired(text: &str, ending: Option<&Ending>, limits: &Limits) -> Vec<String> 
 /// Tries per call before the renderer gives up on a part the platform keeps refusing.
 const MAX_FAILURES: u32 = 3;
 
-async fn render(target: Target, limits: Limits, shared: Arc<Shared>, progress: Option<ProgressHook>) -> RenderReport {
+async fn render(
+    target: Target,
+    limits: Limits,
+    shared: Arc<Shared>,
+    progress: Option<ProgressHook>,
+) -> RenderReport {
     let mut report = RenderReport::default();
     let mut shown: Vec<Shown> = Vec::new();
     let mut next_typing = Instant::now();
@@ -272,7 +283,11 @@ async fn render(target: Target, limits: Limits, shared: Arc<Shared>, progress: O
                     &target.channel,
                     OutMessage {
                         text: text.clone(),
-                        reply_to: if index == 0 { target.reply_to.clone() } else { None },
+                        reply_to: if index == 0 {
+                            target.reply_to.clone()
+                        } else {
+                            None
+                        },
                         private: false,
                     },
                 )
@@ -324,7 +339,9 @@ async fn render(target: Target, limits: Limits, shared: Arc<Shared>, progress: O
                     report.gave_up = true;
                     return report;
                 }
-                target.pacer.back_off(Duration::from_millis(500 * u64::from(failures)));
+                target
+                    .pacer
+                    .back_off(Duration::from_millis(500 * u64::from(failures)));
             }
         }
     }

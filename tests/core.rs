@@ -1,0 +1,687 @@
+//! The conversation core end to end: the in-memory platform, the real sled store in a
+//! temporary directory, and the fake Poe over loopback.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use poe_relay::config::ModelConfig;
+use poe_relay::core::manager::Disposition;
+use poe_relay::core::render::split::{LengthUnit, split};
+use poe_relay::fake_poe::{FakePoe, Scenario};
+use poe_relay::platform::memory::{CallKind, MemoryPlatform, ShownMessage};
+use poe_relay::platform::{ChannelKey, InboundFile, Outbound, PlatformError};
+use poe_relay::poe::{FileSource, Transport};
+use poe_relay::store::LedgerState;
+use serde_json::json;
+use support::{KEY, command, core_config, core_with, message, quick_platform};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn out(platform: &MemoryPlatform) -> Arc<dyn Outbound> {
+    Arc::new(platform.clone())
+}
+
+fn channel(name: &str) -> ChannelKey {
+    ChannelKey::new("memory", name)
+}
+
+async fn shown_with(
+    platform: &MemoryPlatform,
+    channel_name: &str,
+    text: &str,
+) -> Vec<ShownMessage> {
+    let key = channel(channel_name);
+    let found = platform
+        .wait_for(WAIT, |messages| {
+            messages
+                .iter()
+                .any(|message| message.channel == key && message.text.contains(text))
+        })
+        .await;
+    assert!(
+        found,
+        "no message containing {text:?} in {channel_name}: {:#?}",
+        platform.messages(&key)
+    );
+    platform.messages(&key)
+}
+
+/// Waits until the core has nothing in flight (the answer was recorded and settled).
+async fn settled(setup: &support::CoreSetup) {
+    for _ in 0..400 {
+        let idle = setup.store.inflight_replies().unwrap().is_empty()
+            && setup
+                .store
+                .ledger_since(0)
+                .unwrap()
+                .iter()
+                .all(|entry| entry.state != LedgerState::Reserved);
+        if idle {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the core did not settle");
+}
+
+fn slow_text(text: &str) -> Scenario {
+    Scenario::Text {
+        text: text.into(),
+        chunk_chars: 3,
+        interval: Duration::from_millis(15),
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_edited_in_place_and_ends_exact() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let answer = "The quick brown fox jumps over the lazy dog, again and again, until the answer is long enough to need several edits. Ünïcödé 👋🏽 too.";
+    fake.script("echo", slow_text(answer));
+    let setup = core_with(core_config(&fake), quick_platform());
+    let inbound = message("c1", "ann", "tell me");
+    let event = inbound.event_id.clone();
+    assert_eq!(
+        setup.manager.handle(inbound, out(&setup.platform)).await,
+        Disposition::Queued
+    );
+    let messages = shown_with(&setup.platform, "c1", "Ünïcödé 👋🏽 too.").await;
+    settled(&setup).await;
+    let messages = if messages[0].text == answer {
+        messages
+    } else {
+        setup.platform.messages(&channel("c1"))
+    };
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].text, answer);
+    assert_eq!(messages[0].reply_to.as_deref(), Some(event.as_str()));
+    assert!(messages[0].edits >= 3, "only {} edits", messages[0].edits);
+
+    let calls = setup.platform.calls();
+    assert_eq!(
+        calls[0].kind,
+        CallKind::Typing,
+        "typing shows before the first token"
+    );
+    let edits: Vec<_> = calls
+        .iter()
+        .filter(|call| call.kind == CallKind::Edit)
+        .collect();
+    for pair in edits.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_millis(50),
+            "edits closer than the interval"
+        );
+    }
+    // Every intermediate state was a prefix of the answer.
+    for call in calls.iter().filter(|call| call.kind != CallKind::Typing) {
+        assert!(answer.starts_with(&call.text), "{:?}", call.text);
+    }
+    let history = setup.store.all_turns(&channel("c1")).unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].text, "tell me");
+    assert_eq!(history[1].text, answer);
+}
+
+#[tokio::test]
+async fn follow_ups_carry_the_context_and_reset_drops_it() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    setup
+        .manager
+        .handle(message("c", "ann", "first question"), out.clone())
+        .await;
+    shown_with(&setup.platform, "c", "first question").await;
+    settled(&setup).await;
+    setup
+        .manager
+        .handle(message("c", "ann", "second question"), out.clone())
+        .await;
+    shown_with(&setup.platform, "c", "second question").await;
+    settled(&setup).await;
+    let sent = fake.chat_requests("echo");
+    let query = sent[1].body["query"].as_array().unwrap();
+    let contents: Vec<&str> = query
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["first question", "first question", "second question"]
+    );
+    assert_eq!(query[1]["role"], "bot");
+
+    assert_eq!(
+        setup
+            .manager
+            .handle(command("c", "ann", false, "reset"), out.clone())
+            .await,
+        Disposition::Queued
+    );
+    shown_with(&setup.platform, "c", "starts fresh").await;
+    setup
+        .manager
+        .handle(message("c", "ann", "third question"), out.clone())
+        .await;
+    shown_with(&setup.platform, "c", "third question").await;
+    settled(&setup).await;
+    let query = &fake.chat_requests("echo")[2].body["query"];
+    assert_eq!(query.as_array().unwrap().len(), 1, "{query}");
+    // The reset hid the turns; it did not delete them.
+    assert_eq!(setup.store.all_turns(&channel("c")).unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn group_chats_name_the_speakers_and_the_system_prompt_leads() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    setup
+        .manager
+        .handle(
+            command("g", "boss", true, "prompt Answer like a pirate."),
+            out.clone(),
+        )
+        .await;
+    shown_with(&setup.platform, "g", "system prompt is set").await;
+    let mut first = message("g", "ann", "hello");
+    first.is_group = true;
+    setup.manager.handle(first, out.clone()).await;
+    shown_with(&setup.platform, "g", "ann: hello").await;
+    settled(&setup).await;
+    let mut second = message("g", "bob", "hi");
+    second.is_group = true;
+    setup.manager.handle(second, out.clone()).await;
+    shown_with(&setup.platform, "g", "bob: hi").await;
+    settled(&setup).await;
+    let query = fake.chat_requests("echo")[1].body["query"].clone();
+    assert_eq!(query[0]["role"], "system");
+    assert_eq!(query[0]["content"], "Answer like a pirate.");
+    assert_eq!(query[1]["content"], "ann: hello");
+    assert_eq!(query[3]["content"], "bob: hi");
+}
+
+#[tokio::test]
+async fn one_reply_at_a_time_per_channel_and_channels_in_parallel() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script("echo", slow_text(&"x".repeat(60)));
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    for index in 0..3 {
+        setup
+            .manager
+            .handle(message("a", "ann", &format!("a{index}")), out.clone())
+            .await;
+    }
+    setup
+        .manager
+        .handle(message("b", "bob", "b0"), out.clone())
+        .await;
+    let key = channel("a");
+    assert!(
+        setup
+            .platform
+            .wait_for(WAIT, |messages| messages
+                .iter()
+                .filter(|m| m.channel == key && m.text.len() == 60)
+                .count()
+                == 3)
+            .await
+    );
+    settled(&setup).await;
+    let requests = fake.chat_requests("echo");
+    let started = |text: &str| {
+        requests
+            .iter()
+            .find(|request| {
+                request.body["query"].as_array().unwrap().last().unwrap()["content"] == text
+            })
+            .unwrap()
+            .received_at
+    };
+    // The replies in channel a were asked in order, each after the previous answer was done.
+    let answers = setup.platform.messages(&key);
+    let finished = |index: usize| {
+        setup
+            .platform
+            .calls()
+            .iter()
+            .filter(|call| call.message.as_ref() == Some(&answers[index].id))
+            .map(|call| call.at.into_std())
+            .max()
+            .unwrap()
+    };
+    assert!(started("a0") < started("a1") && started("a1") < started("a2"));
+    assert!(
+        finished(0) <= started("a1"),
+        "a1 started before a0 was finished"
+    );
+    assert!(finished(1) <= started("a2"));
+    // Channel b did not wait for channel a.
+    assert!(started("b0") < started("a1"));
+}
+
+#[tokio::test]
+async fn duplicates_and_events_from_before_the_start_are_ignored() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    let inbound = message("c", "ann", "once");
+    assert_eq!(
+        setup.manager.handle(inbound.clone(), out.clone()).await,
+        Disposition::Queued
+    );
+    assert_eq!(
+        setup.manager.handle(inbound, out.clone()).await,
+        Disposition::Duplicate
+    );
+    let mut old = message("c", "ann", "from yesterday");
+    old.timestamp_ms -= 86_400_000;
+    assert_eq!(
+        setup.manager.handle(old, out.clone()).await,
+        Disposition::TooOld
+    );
+    shown_with(&setup.platform, "c", "once").await;
+    settled(&setup).await;
+    assert_eq!(fake.chat_requests("echo").len(), 1);
+}
+
+#[tokio::test]
+async fn over_budget_users_are_told_when_it_resets_and_poe_is_not_called() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let mut config = core_config(&fake);
+    config.budget.default_points = 10;
+    let setup = core_with(config, quick_platform());
+    setup
+        .manager
+        .handle(message("c", "ann", "expensive"), out(&setup.platform))
+        .await;
+    let messages = shown_with(&setup.platform, "c", "Your budget resets at").await;
+    assert!(
+        messages[0].text.contains("Nothing was sent to Poe"),
+        "{}",
+        messages[0].text
+    );
+    assert!(fake.chat_requests("echo").is_empty());
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_by_one_user_cannot_overspend() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let mut config = core_config(&fake);
+    config.budget.default_points = 1000;
+    config.poe.models.push(ModelConfig {
+        name: "echo".into(),
+        transport: None,
+        parameters: Default::default(),
+        points_per_request: Some(30),
+    });
+    let setup = core_with(config, quick_platform());
+    let out = out(&setup.platform);
+    let handles: Vec<_> = (0..50)
+        .map(|index| {
+            let manager = setup.manager.clone();
+            let out = out.clone();
+            tokio::spawn(async move {
+                manager
+                    .handle(message(&format!("c{index}"), "ann", "go"), out)
+                    .await
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert!(
+        setup
+            .platform
+            .wait_for(WAIT, |messages| messages.len() == 50)
+            .await
+    );
+    settled(&setup).await;
+    let ledger = setup.store.ledger_since(0).unwrap();
+    let spent: i64 = ledger.iter().map(|entry| entry.charge()).sum();
+    assert!(spent <= 1000 + 30, "spent {spent}");
+    assert_eq!(ledger.len(), 33, "1000 points buy 33 requests of 30");
+    assert_eq!(fake.chat_requests("echo").len(), 33);
+    let refused = setup
+        .platform
+        .all_messages()
+        .iter()
+        .filter(|m| m.text.contains("resets at"))
+        .count();
+    assert_eq!(refused, 17);
+}
+
+#[tokio::test]
+async fn reconciliation_makes_the_ledger_match_poes_history() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    // Someone else's web chat on the same account must not be counted.
+    fake.push_history(json!({"query_id": "web1", "bot_name": "echo", "creation_time": poe_relay::core::manager::now_ms() * 1000,
+        "usage_type": "Chat", "cost_points": 999}));
+    for index in 0..6 {
+        let channel = format!("c{}", index % 3);
+        setup
+            .manager
+            .handle(
+                message(
+                    &channel,
+                    &format!("user{}", index % 2),
+                    &format!("question number {index}"),
+                ),
+                out.clone(),
+            )
+            .await;
+    }
+    assert!(
+        setup
+            .platform
+            .wait_for(WAIT, |messages| messages.len() == 6)
+            .await
+    );
+    settled(&setup).await;
+    setup.manager.maintain().await;
+    let ledger = setup.store.ledger_since(0).unwrap();
+    assert!(
+        ledger.iter().all(|entry| entry.reconciled.is_some()),
+        "{ledger:#?}"
+    );
+    let ours: i64 = ledger.iter().map(|entry| entry.reconciled.unwrap()).sum();
+    let theirs: i64 = fake
+        .history()
+        .iter()
+        .filter(|entry| entry["usage_type"] == "API")
+        .map(|entry| entry["cost_points"].as_i64().unwrap())
+        .sum();
+    assert_eq!(ours, theirs);
+    // A second pass uses nothing twice.
+    setup.manager.maintain().await;
+    let again: i64 = setup
+        .store
+        .ledger_since(0)
+        .unwrap()
+        .iter()
+        .map(|entry| entry.reconciled.unwrap())
+        .sum();
+    assert_eq!(again, theirs);
+}
+
+#[tokio::test]
+async fn media_bots_are_called_without_streaming_and_post_the_image() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script(
+        "Imagen-4",
+        Scenario::Media {
+            url: "https://pfst.example/cat.png".into(),
+            content_type: "image/png".into(),
+            name: "cat.png".into(),
+        },
+    );
+    let mut config = core_config(&fake);
+    config.chat.default_model = "Imagen-4".into();
+    config.poe.models.push(ModelConfig {
+        name: "Imagen-4".into(),
+        transport: Some(Transport::OpenAi),
+        parameters: Default::default(),
+        points_per_request: Some(300),
+    });
+    let setup = core_with(config, quick_platform());
+    setup
+        .manager
+        .handle(message("c", "ann", "a cat"), out(&setup.platform))
+        .await;
+    let messages = shown_with(
+        &setup.platform,
+        "c",
+        "![cat.png](https://pfst.example/cat.png)",
+    )
+    .await;
+    settled(&setup).await;
+    assert_eq!(messages.len(), 1);
+    let calls = setup.platform.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|call| call.text.contains("is working on it")),
+        "no progress notice"
+    );
+    assert_eq!(fake.chat_requests("Imagen-4")[0].body["stream"], false);
+    assert_eq!(setup.store.ledger_since(0).unwrap()[0].estimated, Some(300));
+}
+
+#[tokio::test]
+async fn a_failure_midway_keeps_the_partial_text_and_says_what_happened() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script(
+        "echo",
+        Scenario::ErrorMidStream {
+            before: "Half of the answer".into(),
+            error: json!({"allow_retry": false, "text": "boom"}),
+        },
+    );
+    let setup = core_with(core_config(&fake), quick_platform());
+    setup
+        .manager
+        .handle(message("c", "ann", "q"), out(&setup.platform))
+        .await;
+    let messages = shown_with(&setup.platform, "c", "The model stopped with an error").await;
+    assert!(
+        messages[0].text.starts_with("Half of the answer\n\n⚠️"),
+        "{}",
+        messages[0].text
+    );
+    settled(&setup).await;
+    let turns = setup.store.all_turns(&channel("c")).unwrap();
+    assert_eq!(turns[1].text, "Half of the answer");
+}
+
+#[tokio::test]
+async fn poe_refusals_reach_the_user_in_plain_words_and_cost_nothing() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script(
+        "echo",
+        Scenario::status(402, "insufficient_credits", "insufficient_points", "no"),
+    );
+    let setup = core_with(core_config(&fake), quick_platform());
+    setup
+        .manager
+        .handle(message("c", "ann", "q"), out(&setup.platform))
+        .await;
+    shown_with(&setup.platform, "c", "out of points").await;
+    settled(&setup).await;
+    let ledger = setup.store.ledger_since(0).unwrap();
+    assert_eq!(ledger[0].state, LedgerState::Released);
+    assert_eq!(ledger[0].charge(), 0);
+}
+
+#[tokio::test]
+async fn a_long_answer_is_split_with_code_fences_intact() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let code: String = (0..61)
+        .map(|line| format!("    let value_{line} = compute({line}); // step {line}\n"))
+        .collect();
+    let prose = "This paragraph explains the code in some detail. ".repeat(24);
+    let answer = format!("{prose}\n\n```rust\n{code}```\n\n{prose}");
+    assert!(
+        (4900..=5100).contains(&answer.chars().count()),
+        "{}",
+        answer.chars().count()
+    );
+    fake.script(
+        "echo",
+        Scenario::Text {
+            text: answer.clone(),
+            chunk_chars: 97,
+            interval: Duration::from_millis(2),
+        },
+    );
+    let setup = core_with(core_config(&fake), quick_platform());
+    setup
+        .manager
+        .handle(message("c", "ann", "explain"), out(&setup.platform))
+        .await;
+    let key = channel("c");
+    assert!(
+        setup
+            .platform
+            .wait_for(WAIT, |messages| {
+                let texts: Vec<&str> = messages
+                    .iter()
+                    .filter(|m| m.channel == key)
+                    .map(|m| m.text.as_str())
+                    .collect();
+                let total: usize = texts.iter().map(|text| text.len()).sum();
+                texts
+                    .last()
+                    .is_some_and(|last| last.ends_with("some detail. "))
+                    && total >= answer.len()
+            })
+            .await
+    );
+    settled(&setup).await;
+    let parts = setup.platform.messages(&key);
+    assert_eq!(
+        parts.len(),
+        3,
+        "{:#?}",
+        parts.iter().map(|p| p.text.len()).collect::<Vec<_>>()
+    );
+    let expected = split(&answer, 2000, LengthUnit::Chars);
+    assert_eq!(
+        expected
+            .iter()
+            .map(|part| part.body.as_str())
+            .collect::<String>(),
+        answer
+    );
+    for (shown, part) in parts.iter().zip(&expected) {
+        assert_eq!(shown.text, part.render());
+        assert!(shown.text.chars().count() <= 2000);
+        assert_eq!(
+            shown.text.matches("```").count() % 2,
+            0,
+            "unbalanced fences in {:?}",
+            shown.text
+        );
+    }
+    // The code block was cut: closed at the end of one part, reopened with its language.
+    assert!(parts[1].text.ends_with("\n```"), "{}", parts[1].text);
+    assert!(parts[2].text.starts_with("```rust\n"), "{}", parts[2].text);
+}
+
+#[tokio::test]
+async fn platform_429s_slow_the_renderer_but_lose_nothing() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let answer = "word ".repeat(80);
+    fake.script("echo", slow_text(&answer));
+    let setup = core_with(core_config(&fake), quick_platform());
+    setup.platform.inject(
+        PlatformError::RateLimited {
+            retry_after: Duration::from_millis(300),
+        },
+        4,
+    );
+    setup
+        .manager
+        .handle(message("c", "ann", "q"), out(&setup.platform))
+        .await;
+    let messages = shown_with(&setup.platform, "c", &answer).await;
+    settled(&setup).await;
+    assert_eq!(messages[0].text, answer);
+    assert_eq!(setup.platform.refused(), 4);
+    let calls = setup.platform.calls();
+    let refused_at = calls
+        .iter()
+        .filter(|call| !call.accepted)
+        .map(|call| call.at)
+        .last()
+        .unwrap();
+    let next = calls
+        .iter()
+        .find(|call| call.at > refused_at && call.kind != CallKind::Typing)
+        .unwrap();
+    assert!(
+        next.at - refused_at >= Duration::from_millis(300),
+        "retry-after was not honoured"
+    );
+}
+
+#[tokio::test]
+async fn a_platform_rate_limit_is_never_hit_in_normal_use() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script(
+        "echo",
+        Scenario::Text {
+            text: "steady ".repeat(150),
+            chunk_chars: 7,
+            interval: Duration::from_millis(10),
+        },
+    );
+    let platform = MemoryPlatform::discord_like();
+    // Discord-like: 5 calls per 5 s per channel.
+    platform.enforce_channel_rate(5, Duration::from_secs(5));
+    let mut config = core_config(&fake);
+    config.chat.max_concurrent_replies = 8;
+    let setup = core_with(config, platform);
+    let out = out(&setup.platform);
+    setup
+        .manager
+        .handle(message("shared", "ann", "one"), out.clone())
+        .await;
+    setup
+        .manager
+        .handle(message("shared", "bob", "two"), out.clone())
+        .await;
+    setup
+        .manager
+        .handle(message("other", "cy", "three"), out.clone())
+        .await;
+    assert!(
+        setup
+            .platform
+            .wait_for(Duration::from_secs(60), |messages| {
+                messages
+                    .iter()
+                    .filter(|m| m.text == "steady ".repeat(150))
+                    .count()
+                    == 3
+            })
+            .await
+    );
+    assert_eq!(setup.platform.refused(), 0);
+}
+
+#[tokio::test]
+async fn attachments_go_to_poe_with_the_question() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let setup = core_with(core_config(&fake), quick_platform());
+    let mut inbound = message("c", "ann", "what is in this picture?");
+    inbound.attachments.push(InboundFile {
+        name: "cat.png".into(),
+        content_type: "image/png".into(),
+        size: 4,
+        source: FileSource::Bytes(Bytes::from_static(b"\x89PNG")),
+    });
+    setup.manager.handle(inbound, out(&setup.platform)).await;
+    shown_with(&setup.platform, "c", "what is in this picture?").await;
+    settled(&setup).await;
+    assert_eq!(fake.uploads()[0].bytes, b"\x89PNG");
+    let sent = &fake.chat_requests("echo")[0].body["query"][0]["attachments"][0];
+    assert_eq!(sent["name"], "cat.png");
+
+    let mut huge = message("c", "ann", "and this?");
+    huge.attachments.push(InboundFile {
+        name: "movie.mp4".into(),
+        content_type: "video/mp4".into(),
+        size: 500 << 20,
+        source: FileSource::Url("https://cdn.example/movie.mp4".into()),
+    });
+    setup.manager.handle(huge, out(&setup.platform)).await;
+    shown_with(&setup.platform, "c", "Send a smaller file").await;
+    assert_eq!(fake.chat_requests("echo").len(), 1);
+}
