@@ -335,6 +335,11 @@ impl Manager {
         if let Err(err) = services.store.put_inflight(&inflight) {
             tracing::error!(%err, "cannot record the reply in flight");
         }
+        // The user's turn, the reservation and the in-flight record must survive a crash
+        // from here on: make them durable before Poe is asked.
+        if let Err(err) = services.store.flush().await {
+            tracing::error!(%err, "cannot flush the store");
+        }
         let progress_store = services.store.clone();
         let progress_record = Mutex::new(inflight.clone());
         let renderer = Renderer::start(
@@ -348,9 +353,16 @@ impl Manager {
                 let mut record = locked(&progress_record);
                 record.messages = messages.to_vec();
                 record.last_text = last_text.to_owned();
-                if let Err(err) = progress_store.put_inflight(&record) {
-                    tracing::warn!(%err, "cannot update the reply in flight");
-                }
+                let result = progress_store.put_inflight(&record);
+                let store = progress_store.clone();
+                Box::pin(async move {
+                    if let Err(err) = result {
+                        tracing::warn!(%err, "cannot update the reply in flight");
+                    }
+                    if let Err(err) = store.flush().await {
+                        tracing::warn!(%err, "cannot flush the store");
+                    }
+                })
             })),
         );
 

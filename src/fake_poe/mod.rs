@@ -60,6 +60,16 @@ struct Shared {
     key: String,
     base_url: String,
     state: Mutex<FakeState>,
+    timing: Mutex<Option<Vec<SentText>>>,
+}
+
+/// When answer text left the fake: `chars` characters of `model`'s answer were sent by
+/// then. Recorded only after [`FakePoe::record_timing`].
+#[derive(Debug, Clone)]
+pub struct SentText {
+    pub model: String,
+    pub at: std::time::Instant,
+    pub chars: usize,
 }
 
 struct FakeState {
@@ -112,6 +122,7 @@ impl FakePoe {
                 uploads: Vec::new(),
                 costs: HashMap::new(),
             }),
+            timing: Mutex::new(None),
         });
         let app = Router::new()
             .route("/bot/{name}", post(native_bot))
@@ -213,6 +224,21 @@ impl FakePoe {
         let mut history = self.shared.lock().history.clone();
         history.reverse();
         history
+    }
+
+    /// Starts recording when each piece of answer text is sent (for benchmarks).
+    pub fn record_timing(&self) {
+        *self.shared.timing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// What [`FakePoe::record_timing`] recorded, in order.
+    pub fn sent_text(&self) -> Vec<SentText> {
+        self.shared
+            .timing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Adds an entry to the points history (as if spent elsewhere).
@@ -403,14 +429,33 @@ fn http_level(scenario: &Scenario) -> Option<Response> {
 }
 
 /// Writes `frames` as a streamed body; `on_complete` runs once every frame was sent.
-fn stream_body(frames: Vec<Frame>, on_complete: impl FnOnce() + Send + 'static) -> Body {
+fn stream_body(
+    shared: Arc<Shared>,
+    model: String,
+    frames: Vec<Frame>,
+    on_complete: impl FnOnce() + Send + 'static,
+) -> Body {
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
+        let mut sent_chars = 0;
         for frame in frames {
             match frame {
                 Frame::Bytes(text) => {
                     if sender.send(Ok(Bytes::from(text))).await.is_err() {
                         return; // the client went away
+                    }
+                }
+                Frame::Answer { bytes, chars } => {
+                    if sender.send(Ok(Bytes::from(bytes))).await.is_err() {
+                        return;
+                    }
+                    sent_chars += chars;
+                    if let Some(log) = shared.timing.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                        log.push(SentText {
+                            model: model.clone(),
+                            at: std::time::Instant::now(),
+                            chars: sent_chars,
+                        });
                     }
                 }
                 Frame::Sleep(duration) => tokio::time::sleep(duration).await,
@@ -514,7 +559,8 @@ async fn native_bot(
     let answer = render::answer_text(&steps);
     let frames = render::native(&steps);
     let charged = shared.clone();
-    event_stream(stream_body(frames, move || {
+    let model = name.clone();
+    event_stream(stream_body(shared, model, frames, move || {
         if completed {
             charge(&charged, &name, &answer);
         }
@@ -599,7 +645,7 @@ async fn chat_completions(
     };
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         let frames = render::openai_stream(&steps, &model, prompt_tokens);
-        return event_stream(stream_body(frames, on_complete));
+        return event_stream(stream_body(shared.clone(), model.clone(), frames, on_complete));
     }
     // Not streamed: the answer arrives whole, unless the scenario breaks it.
     if let Some(Step::Error(error)) = steps.iter().find(|step| matches!(step, Step::Error(_))) {
@@ -627,7 +673,7 @@ async fn chat_completions(
     }
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(stream_body(frames, on_complete))
+        .body(stream_body(shared.clone(), model.clone(), frames, on_complete))
         .unwrap_or_default()
 }
 

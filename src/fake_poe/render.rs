@@ -8,6 +8,8 @@ use super::scenario::Step;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Frame {
     Bytes(String),
+    /// Bytes that carry `chars` characters of the answer (timed for benchmarks).
+    Answer { bytes: String, chars: usize },
     Sleep(std::time::Duration),
     /// Break the connection.
     Drop,
@@ -27,7 +29,10 @@ pub(crate) fn native(steps: &[Step]) -> Vec<Frame> {
     )];
     for step in steps {
         frames.push(match step {
-            Step::Text(text) => sse("text", &json!({"text": text})),
+            Step::Text(text) => Frame::Answer {
+                bytes: format!("event: text\ndata: {}\n\n", json!({"text": text})),
+                chars: text.chars().count(),
+            },
             Step::Replace(text) => sse("replace_response", &json!({"text": text})),
             Step::Suggested(text) => sse("suggested_reply", &json!({"text": text})),
             Step::File {
@@ -96,7 +101,10 @@ pub(crate) fn openai_stream(steps: &[Step], model: &str, prompt_tokens: u64) -> 
             Step::Text(text) | Step::Replace(text) | Step::Suggested(text) if text.is_empty() => {}
             Step::Text(text) => {
                 answer.push_str(text);
-                frames.push(data(&chunk(&id, model, json!({"content": text}), None)));
+                frames.push(Frame::Answer {
+                    bytes: format!("data: {}\n\n", chunk(&id, model, json!({"content": text}), None)),
+                    chars: text.chars().count(),
+                });
             }
             // The OpenAI stream has no way to take text back: send the replacement as text.
             Step::Replace(text) => {

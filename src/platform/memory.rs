@@ -54,12 +54,17 @@ struct State {
     recent: HashMap<ChannelKey, VecDeque<Instant>>,
 }
 
+/// Called with every call as it happens.
+pub type CallObserver = Arc<dyn Fn(&Call) + Send + Sync>;
+
 /// The in-memory platform. Clones share state.
 #[derive(Clone)]
 pub struct MemoryPlatform {
     limits: Limits,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
+    id_prefix: String,
+    observer: Option<CallObserver>,
 }
 
 impl MemoryPlatform {
@@ -68,7 +73,41 @@ impl MemoryPlatform {
             limits,
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(Notify::new()),
+            id_prefix: String::new(),
+            observer: None,
         }
+    }
+
+    /// Message ids start with `prefix`, so two platforms (two processes) never reuse one.
+    pub fn with_id_prefix(mut self, prefix: &str) -> Self {
+        self.id_prefix = prefix.to_owned();
+        self
+    }
+
+    /// Reports every call to `observer` as it happens.
+    pub fn with_observer(mut self, observer: CallObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Registers a message that exists from before (sent by an earlier process).
+    pub fn adopt(&self, channel: &ChannelKey, id: MessageId, text: &str) {
+        self.lock().messages.push(ShownMessage {
+            id,
+            channel: channel.clone(),
+            text: text.to_owned(),
+            reply_to: None,
+            private: false,
+            edits: 0,
+            sent_at: Instant::now(),
+        });
+    }
+
+    fn record(&self, state: &mut State, call: Call) {
+        if let Some(observer) = &self.observer {
+            observer(&call);
+        }
+        state.calls.push(call);
     }
 
     /// Discord-like limits: 2,000 characters, one edit a second.
@@ -211,15 +250,16 @@ impl Outbound for MemoryPlatform {
         let result = self
             .check_length(&message.text)
             .and_then(|()| self.admit(&mut state, channel, now));
-        let id = MessageId(format!("m{}", state.messages.len() + 1));
-        state.calls.push(Call {
+        let id = MessageId(format!("{}m{}", self.id_prefix, state.messages.len() + 1));
+        let call = Call {
             at: now,
             kind: CallKind::Send,
             channel: channel.clone(),
             message: result.as_ref().ok().map(|()| id.clone()),
             text: message.text.clone(),
             accepted: result.is_ok(),
-        });
+        };
+        self.record(&mut state, call);
         result?;
         state.messages.push(ShownMessage {
             id: id.clone(),
@@ -252,14 +292,15 @@ impl Outbound for MemoryPlatform {
                 detail: format!("no message {}", id.0),
             })
         };
-        state.calls.push(Call {
+        let call = Call {
             at: now,
             kind: CallKind::Edit,
             channel: channel.clone(),
             message: Some(id.clone()),
             text: text.to_owned(),
             accepted: result.is_ok(),
-        });
+        };
+        self.record(&mut state, call);
         result?;
         if let Some(message) = state.messages.iter_mut().find(|message| &message.id == id) {
             message.text = text.to_owned();
@@ -271,14 +312,16 @@ impl Outbound for MemoryPlatform {
     }
 
     async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError> {
-        self.lock().calls.push(Call {
+        let call = Call {
             at: Instant::now(),
             kind: CallKind::Typing,
             channel: channel.clone(),
             message: None,
             text: String::new(),
             accepted: true,
-        });
+        };
+        let mut state = self.lock();
+        self.record(&mut state, call);
         Ok(())
     }
 }

@@ -8,6 +8,8 @@
 //! edits while the final edit always lands. Every call renders from the whole text so far,
 //! so a refused call loses nothing: the next one carries the same text.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,9 +82,11 @@ pub struct RenderReport {
     pub gave_up: bool,
 }
 
-/// Called after every successful send or edit with the messages so far and the text the
-/// last one shows, so the caller can persist progress.
-pub type ProgressHook = Box<dyn Fn(&[MessageId], &str) + Send + Sync>;
+/// Awaited before every edit of the newest message, with the messages so far and the text
+/// about to be shown, so the caller can make it durable first: after a crash, the record
+/// then holds at least what the chat shows.
+pub type ProgressHook =
+    Box<dyn Fn(&[MessageId], &str) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 struct Shared {
     state: Mutex<Produced>,
@@ -274,8 +278,13 @@ async fn render(
             tokio::time::sleep_until(ready_at).await;
             continue;
         }
-        target.pacer.wait_turn().await;
         let text = parts[index].clone();
+        if let Some(hook) = &progress {
+            if index + 1 == shown.len() {
+                hook(&report.messages, &text).await;
+            }
+        }
+        target.pacer.wait_turn().await;
         let result = match shown.get(index) {
             None => target
                 .out
@@ -324,7 +333,10 @@ async fn render(
                     }
                 }
                 if let (Some(hook), Some(last)) = (&progress, shown.last()) {
-                    hook(&report.messages, &last.text);
+                    if last.edits == 0 {
+                        // A new message: its id is known only now.
+                        hook(&report.messages, &last.text).await;
+                    }
                 }
             }
             Err(PlatformError::RateLimited { retry_after }) => {
