@@ -66,6 +66,7 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    flusher: std::sync::Arc<GroupFlush>,
     meta: sled::Tree,
     history: sled::Tree,
     channels: sled::Tree,
@@ -106,6 +107,7 @@ impl Store {
             claimed_queries: db.open_tree("claimed_queries")?,
             inflight: db.open_tree("inflight")?,
             seen: db.open_tree("seen")?,
+            flusher: GroupFlush::start(db.clone()),
             db,
         };
         match store.meta.get("schema_version")? {
@@ -133,15 +135,95 @@ impl Store {
         Ok(store)
     }
 
-    /// Writes everything to disk.
+    /// Makes every write made so far durable. Concurrent callers share one fsync.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 
     /// A fresh unique, increasing id.
     pub fn next_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)
+    }
+}
+
+/// Group commit: one thread runs sled's (blocking) flush on behalf of every waiting caller.
+///
+/// sled's own `flush_async` was seen to hang with many concurrent callers, and a blocking
+/// flush per caller would tie up a thread each; here a flush that starts after a request
+/// covers it, so any number of callers cost one fsync per round.
+struct GroupFlush {
+    wanted: std::sync::Mutex<u64>,
+    wake: std::sync::Condvar,
+    done: tokio::sync::watch::Sender<(u64, Option<String>)>,
+}
+
+impl GroupFlush {
+    fn start(db: sled::Db) -> std::sync::Arc<GroupFlush> {
+        let (done, _) = tokio::sync::watch::channel((0, None));
+        let flusher = std::sync::Arc::new(GroupFlush {
+            wanted: std::sync::Mutex::new(0),
+            wake: std::sync::Condvar::new(),
+            done,
+        });
+        let weak = std::sync::Arc::downgrade(&flusher);
+        std::thread::Builder::new()
+            .name("store-flush".into())
+            .spawn(move || {
+                let mut flushed = 0;
+                loop {
+                    let Some(flusher) = weak.upgrade() else {
+                        return;
+                    };
+                    let target = {
+                        let mut wanted = flusher.wanted.lock().unwrap_or_else(|p| p.into_inner());
+                        while *wanted == flushed {
+                            let (guard, timeout) = flusher
+                                .wake
+                                .wait_timeout(wanted, std::time::Duration::from_millis(500))
+                                .unwrap_or_else(|p| p.into_inner());
+                            wanted = guard;
+                            if timeout.timed_out() && *wanted == flushed {
+                                // Let the thread end once the store is gone.
+                                drop(wanted);
+                                if std::sync::Arc::strong_count(&flusher) == 1 {
+                                    return;
+                                }
+                                wanted = flusher.wanted.lock().unwrap_or_else(|p| p.into_inner());
+                            }
+                        }
+                        *wanted
+                    };
+                    let error = db.flush().err().map(|err| err.to_string());
+                    flushed = target;
+                    flusher.done.send_replace((target, error));
+                }
+            })
+            .ok();
+        flusher
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let mut done = self.done.subscribe();
+        let target = {
+            let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            *wanted += 1;
+            *wanted
+        };
+        self.wake.notify_one();
+        loop {
+            {
+                let (flushed, error) = &*done.borrow_and_update();
+                if *flushed >= target {
+                    return match error {
+                        Some(error) => Err(StoreError::Io(error.clone())),
+                        None => Ok(()),
+                    };
+                }
+            }
+            if done.changed().await.is_err() {
+                return Err(StoreError::Io("the flush thread stopped".into()));
+            }
+        }
     }
 }
 
