@@ -599,7 +599,7 @@ async fn platform_429s_slow_the_renderer_but_lose_nothing() {
         .iter()
         .filter(|call| !call.accepted)
         .map(|call| call.at)
-        .last()
+        .next_back()
         .unwrap();
     let next = calls
         .iter()
@@ -723,7 +723,11 @@ async fn commands_work_for_admins_and_refuse_others() {
     let event = run("boss", true, "budget <@ann> 50000").await;
     assert!(reply_to(&event)[0].0.contains("50000"));
     let event = run("ann", false, "usage").await;
-    assert!(reply_to(&event)[0].0.contains("of **50000** points"), "{:?}", reply_to(&event));
+    assert!(
+        reply_to(&event)[0].0.contains("of **50000** points"),
+        "{:?}",
+        reply_to(&event)
+    );
     let event = run("ann", false, "budget ann 99999").await;
     assert!(reply_to(&event)[0].0.contains("Only admins"));
 
@@ -731,32 +735,70 @@ async fn commands_work_for_admins_and_refuse_others() {
     assert!(reply_to(&event)[0].0.contains("**echo**"));
     let event = run("ann", false, "model Claude-Sonnet-4.6").await;
     assert!(reply_to(&event)[0].0.contains("Only admins"));
-    let event = run("boss", true, "model Claude-Sonnet-4.6 thinking_budget=99999").await;
-    assert!(reply_to(&event)[0].0.contains("at most 31999"), "{:?}", reply_to(&event));
+    let event = run(
+        "boss",
+        true,
+        "model Claude-Sonnet-4.6 thinking_budget=99999",
+    )
+    .await;
+    assert!(
+        reply_to(&event)[0].0.contains("at most 31999"),
+        "{:?}",
+        reply_to(&event)
+    );
     let event = run("boss", true, "model Claude-Sonnet-4.6 colour=blue").await;
-    assert!(reply_to(&event)[0].0.contains("no parameter `colour`"), "{:?}", reply_to(&event));
+    assert!(
+        reply_to(&event)[0].0.contains("no parameter `colour`"),
+        "{:?}",
+        reply_to(&event)
+    );
     let event = run("boss", true, "model No-Such-Model").await;
-    assert!(reply_to(&event)[0].0.contains("no model called"), "{:?}", reply_to(&event));
+    assert!(
+        reply_to(&event)[0].0.contains("no model called"),
+        "{:?}",
+        reply_to(&event)
+    );
     let event = run("boss", true, "model claude-sonnet-4.6 thinking_budget=2048").await;
-    assert!(reply_to(&event)[0].0.contains("now uses **Claude-Sonnet-4.6**"), "{:?}", reply_to(&event));
+    assert!(
+        reply_to(&event)[0]
+            .0
+            .contains("now uses **Claude-Sonnet-4.6**"),
+        "{:?}",
+        reply_to(&event)
+    );
     let event = run("ann", false, "model").await;
     let shown = &reply_to(&event)[0].0;
-    assert!(shown.contains("thinking_budget=2048") && shown.contains("number from 0 to 31999"), "{shown}");
+    assert!(
+        shown.contains("thinking_budget=2048") && shown.contains("number from 0 to 31999"),
+        "{shown}"
+    );
 
-    setup.manager.handle(message("cmd", "ann", "think hard"), out.clone()).await;
+    setup
+        .manager
+        .handle(message("cmd", "ann", "think hard"), out.clone())
+        .await;
     shown_with(&setup.platform, "cmd", "think hard").await;
     settled(&setup).await;
     let sent = fake.chat_requests("Claude-Sonnet-4.6");
-    assert_eq!(sent[0].body["query"][0]["parameters"], json!({"thinking_budget": 2048}));
+    assert_eq!(
+        sent[0].body["query"][0]["parameters"],
+        json!({"thinking_budget": 2048})
+    );
 
     let event = run("ann", false, "models claude").await;
     let listing = &reply_to(&event)[0].0;
-    assert!(listing.contains("Claude-Sonnet-4.6") && listing.contains("$2.60 / $13.00"), "{listing}");
+    assert!(
+        listing.contains("Claude-Sonnet-4.6") && listing.contains("$2.60 / $13.00"),
+        "{listing}"
+    );
     assert!(!listing.contains("Imagen"), "{listing}");
 
     let event = run("ann", false, "dance").await;
     let answer = &reply_to(&event)[0].0;
-    assert!(answer.contains("`dance` is not a command") && answer.contains("**Poe commands**"), "{answer}");
+    assert!(
+        answer.contains("`dance` is not a command") && answer.contains("**Poe commands**"),
+        "{answer}"
+    );
     let event = run("ann", false, "").await;
     assert!(reply_to(&event)[0].0.contains("**Poe commands**"));
     let event = run("ann", false, "prompt be nice").await;

@@ -25,7 +25,15 @@ struct Lab {
 fn spawn(store: &std::path::Path, poe_url: &str, existing: Option<&std::path::Path>) -> Child {
     let mut command = Command::new(LAB);
     command
-        .args(["serve", "--store", store.to_str().unwrap(), "--poe-url", poe_url, "--model", "slow"])
+        .args([
+            "serve",
+            "--store",
+            store.to_str().unwrap(),
+            "--poe-url",
+            poe_url,
+            "--model",
+            "slow",
+        ])
         .env("POE_API_KEY", KEY)
         .env("RUST_LOG", "off")
         .stdin(Stdio::piped())
@@ -43,11 +51,18 @@ impl Lab {
         let mut child = spawn(store, poe_url, existing);
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Lab { child, stdin, lines }
+        Lab {
+            child,
+            stdin,
+            lines,
+        }
     }
 
     async fn send(&mut self, value: Value) {
-        self.stdin.write_all(format!("{value}\n").as_bytes()).await.unwrap();
+        self.stdin
+            .write_all(format!("{value}\n").as_bytes())
+            .await
+            .unwrap();
         self.stdin.flush().await.unwrap();
     }
 
@@ -60,7 +75,8 @@ impl Lab {
                 .unwrap_or_else(|_| panic!("no output for 30 s; so far: {seen:#?}"))
                 .unwrap()
                 .unwrap_or_else(|| panic!("the lab exited; so far: {seen:#?}"));
-            let value: Value = serde_json::from_str(&line).unwrap_or_else(|err| panic!("{err}: {line}"));
+            let value: Value =
+                serde_json::from_str(&line).unwrap_or_else(|err| panic!("{err}: {line}"));
             let done = stop(&value);
             seen.push(value);
             if done {
@@ -73,21 +89,30 @@ impl Lab {
 #[tokio::test]
 async fn a_sigkill_mid_answer_loses_nothing_and_charges_nothing_twice() {
     let fake = FakePoe::start(KEY).await.unwrap();
-    fake.script("slow", Scenario::Text {
-        text: "tick ".repeat(400),
-        chunk_chars: 5,
-        interval: Duration::from_millis(20),
-    });
+    fake.script(
+        "slow",
+        Scenario::Text {
+            text: "tick ".repeat(400),
+            chunk_chars: 5,
+            interval: Duration::from_millis(20),
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
 
     let mut first = Lab::start(&store, &fake.base_url(), None);
     first.read_until(|line| line["ready"] == true).await;
-    first.send(json!({"channel": "c1", "user": "ann", "text": "first question", "event": "e1"})).await;
+    first
+        .send(json!({"channel": "c1", "user": "ann", "text": "first question", "event": "e1"}))
+        .await;
     let mut shown: Vec<(String, String)> = Vec::new();
     let mut edits = 0;
     while edits < 3 {
-        let line = first.read_until(|line| line["call"] == "edit" || line["call"] == "send").await.pop().unwrap();
+        let line = first
+            .read_until(|line| line["call"] == "edit" || line["call"] == "send")
+            .await
+            .pop()
+            .unwrap();
         if line["accepted"] != true {
             continue;
         }
@@ -123,38 +148,73 @@ async fn a_sigkill_mid_answer_loses_nothing_and_charges_nothing_twice() {
         .unwrap_or_else(|| panic!("no final edit of the interrupted message: {startup:#?}"));
     assert_eq!(notice["accepted"], true);
     let edited = notice["text"].as_str().unwrap();
-    assert!(edited.starts_with(&last_text), "the partial text was not kept: {edited}");
+    assert!(
+        edited.starts_with(&last_text),
+        "the partial text was not kept: {edited}"
+    );
     assert!(edited.contains("interrupted"), "{edited}");
 
     // A second process on the same store is refused, clearly.
-    let third = spawn(&store, &fake.base_url(), None).wait_with_output().await.unwrap();
+    let third = spawn(&store, &fake.base_url(), None)
+        .wait_with_output()
+        .await
+        .unwrap();
     assert!(!third.status.success());
     let said = String::from_utf8_lossy(&third.stderr);
     assert!(said.contains("in use by another process"), "{said}");
 
     // The conversation goes on with its history intact.
     fake.script("slow", Scenario::Echo);
-    second.send(json!({"channel": "c1", "user": "ann", "text": "second question", "event": "e2"})).await;
+    second
+        .send(json!({"channel": "c1", "user": "ann", "text": "second question", "event": "e2"}))
+        .await;
     second
         .read_until(|line| line["accepted"] == true && line["text"] == "second question")
         .await;
     let query = fake.chat_requests("slow")[1].body["query"].clone();
-    let contents: Vec<&str> = query.as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
-    assert_eq!(contents, ["first question", "second question"], "the first user turn was lost");
+    let contents: Vec<&str> = query
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["first question", "second question"],
+        "the first user turn was lost"
+    );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     second.send(json!({"dump": true})).await;
-    let dump = second.read_until(|line| line.get("dump").is_some()).await.pop().unwrap();
+    let dump = second
+        .read_until(|line| line.get("dump").is_some())
+        .await
+        .pop()
+        .unwrap();
     let dump = &dump["dump"];
     assert_eq!(dump["inflight"], 0);
     let ledger = dump["ledger"].as_array().unwrap();
     assert_eq!(ledger.len(), 2, "{ledger:#?}");
     assert_eq!(ledger[0]["state"], "Released");
-    assert_eq!(ledger[0]["charge"], 0, "the interrupted answer is not charged");
+    assert_eq!(
+        ledger[0]["charge"], 0,
+        "the interrupted answer is not charged"
+    );
     assert_eq!(ledger[1]["state"], "Settled");
-    let turns: Vec<&str> = dump["turns"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
-    assert_eq!(turns, ["first question", "second question", "second question"]);
+    let turns: Vec<&str> = dump["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        turns,
+        ["first question", "second question", "second question"]
+    );
     drop(second.stdin);
-    let status = tokio::time::timeout(Duration::from_secs(30), second.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), second.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 }

@@ -30,6 +30,7 @@ async fn native_stream_echoes_and_sends_the_protocol_body() {
             .as_object()
             .unwrap()
             .clone(),
+        points_per_request: None,
     });
     let client = client(config);
     let mut request = ChatRequest::new(

@@ -27,7 +27,10 @@ use poe_relay::secret::{self, ProcessEnv, Secret};
 use poe_relay::store::Store;
 
 #[derive(Parser)]
-#[command(name = "poe-relay-lab", about = "The poe-relay core on an in-memory platform")]
+#[command(
+    name = "poe-relay-lab",
+    about = "The poe-relay core on an in-memory platform"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +77,12 @@ fn main() -> Result<()> {
             tokens_per_second,
             tokens,
             edit_interval_ms,
-        } => runtime.block_on(bench(conversations, tokens_per_second, tokens, edit_interval_ms)),
+        } => runtime.block_on(bench(
+            conversations,
+            tokens_per_second,
+            tokens,
+            edit_interval_ms,
+        )),
         Command::Serve {
             store,
             poe_url,
@@ -122,7 +130,12 @@ fn print_line(value: serde_json::Value) {
     let _ = stdout.flush();
 }
 
-async fn serve(store_path: PathBuf, poe_url: String, model: String, existing: Option<PathBuf>) -> Result<()> {
+async fn serve(
+    store_path: PathBuf,
+    poe_url: String,
+    model: String,
+    existing: Option<PathBuf>,
+) -> Result<()> {
     let key = secret::read_required(&ProcessEnv, "POE_API_KEY")?;
     let store = Store::open(&store_path)?;
     let mut config = Config::default();
@@ -149,10 +162,15 @@ async fn serve(store_path: PathBuf, poe_url: String, model: String, existing: Op
         .with_id_prefix(&format!("p{}-", std::process::id()))
         .with_observer(observer);
     if let Some(path) = existing {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         for line in text.lines().filter(|line| !line.trim().is_empty()) {
             let message: ExistingMessage = serde_json::from_str(line)?;
-            platform.adopt(&ChannelKey::new("memory", &message.channel), MessageId(message.message), &message.text);
+            platform.adopt(
+                &ChannelKey::new("memory", &message.channel),
+                MessageId(message.message),
+                &message.text,
+            );
         }
     }
     let out: Arc<dyn Outbound> = Arc::new(platform.clone());
@@ -187,7 +205,9 @@ async fn serve(store_path: PathBuf, poe_url: String, model: String, existing: Op
                 .iter()
                 .map(|entry| json!({"id": entry.id, "state": format!("{:?}", entry.state), "charge": entry.charge(), "reserved": entry.reserved}))
                 .collect();
-            print_line(json!({"dump": {"turns": turns, "ledger": ledger, "inflight": store.inflight_replies()?.len()}}));
+            print_line(
+                json!({"dump": {"turns": turns, "ledger": ledger, "inflight": store.inflight_replies()?.len()}}),
+            );
             continue;
         }
         let inbound = Inbound {
@@ -226,7 +246,12 @@ fn cpu_seconds() -> f64 {
         return 0.0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -245,7 +270,12 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn bench(conversations: usize, tokens_per_second: u64, tokens: usize, edit_interval_ms: u64) -> Result<()> {
+async fn bench(
+    conversations: usize,
+    tokens_per_second: u64,
+    tokens: usize,
+    edit_interval_ms: u64,
+) -> Result<()> {
     let key = "bench-key-0123456789abcdef012345";
     let fake = FakePoe::start(key).await?;
     fake.record_timing();
@@ -259,7 +289,14 @@ async fn bench(conversations: usize, tokens_per_second: u64, tokens: usize, edit
                 format!("{:03x}{separator}", (index * 7 + token) % 4096)
             })
             .collect();
-        fake.script(&format!("bench-{index}"), Scenario::Text { text: answer.clone(), chunk_chars: 4, interval });
+        fake.script(
+            &format!("bench-{index}"),
+            Scenario::Text {
+                text: answer.clone(),
+                chunk_chars: 4,
+                interval,
+            },
+        );
         answers.push(answer);
     }
     let mut config = Config::default();
@@ -278,12 +315,17 @@ async fn bench(conversations: usize, tokens_per_second: u64, tokens: usize, edit
     let platform = MemoryPlatform::new(limits(Duration::from_millis(edit_interval_ms)));
     let out: Arc<dyn Outbound> = Arc::new(platform.clone());
     for index in 0..conversations {
-        store.update_channel_settings(&ChannelKey::new("memory", &format!("c{index}")), |settings| {
-            settings.model = Some(format!("bench-{index}"));
-        })?;
+        store.update_channel_settings(
+            &ChannelKey::new("memory", &format!("c{index}")),
+            |settings| {
+                settings.model = Some(format!("bench-{index}"));
+            },
+        )?;
     }
 
-    eprintln!("poe-relay-lab bench: {conversations} conversations × {tokens} tokens at {tokens_per_second} tokens/s, edit interval {edit_interval_ms} ms");
+    eprintln!(
+        "poe-relay-lab bench: {conversations} conversations × {tokens} tokens at {tokens_per_second} tokens/s, edit interval {edit_interval_ms} ms"
+    );
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     for index in 0..conversations {
@@ -310,7 +352,10 @@ async fn bench(conversations: usize, tokens_per_second: u64, tokens: usize, edit
         .wait_for(Duration::from_secs(600), |messages| {
             let mut complete = 0;
             for message in messages {
-                if expected.get(&message.channel).is_some_and(|answer| **answer == message.text) {
+                if expected
+                    .get(&message.channel)
+                    .is_some_and(|answer| **answer == message.text)
+                {
                     complete += 1;
                 }
             }
@@ -324,7 +369,10 @@ async fn bench(conversations: usize, tokens_per_second: u64, tokens: usize, edit
     let sent = fake.sent_text();
     let calls = platform.calls();
     let mut shown: HashMap<&str, Vec<(Instant, usize)>> = HashMap::new();
-    for call in calls.iter().filter(|call| call.accepted && call.kind != CallKind::Typing) {
+    for call in calls
+        .iter()
+        .filter(|call| call.accepted && call.kind != CallKind::Typing)
+    {
         shown
             .entry(call.channel.channel.as_str())
             .or_default()
@@ -340,14 +388,17 @@ async fn bench(conversations: usize, tokens_per_second: u64, tokens: usize, edit
             never_shown += 1;
             continue;
         };
-        match visible.iter().find(|(at, chars)| *chars >= piece.chars && *at >= piece.at) {
+        match visible
+            .iter()
+            .find(|(at, chars)| *chars >= piece.chars && *at >= piece.at)
+        {
             Some((at, _)) => latencies.push(*at - piece.at),
             None => never_shown += 1,
         }
-        if piece.chars == 4 {
-            if let Some((at, _)) = visible.first() {
-                first_message.push(at.saturating_duration_since(piece.at));
-            }
+        if piece.chars == 4
+            && let Some((at, _)) = visible.first()
+        {
+            first_message.push(at.saturating_duration_since(piece.at));
         }
     }
     latencies.sort();
@@ -364,15 +415,44 @@ async fn bench(conversations: usize, tokens_per_second: u64, tokens: usize, edit
         }
     }
     let total_tokens = (conversations * tokens) as f64;
-    println!("conversations:                 {conversations} ({})", if done { "all complete" } else { "NOT all complete" });
+    println!(
+        "conversations:                 {conversations} ({})",
+        if done {
+            "all complete"
+        } else {
+            "NOT all complete"
+        }
+    );
     println!("wall time:                     {:.1} s", wall.as_secs_f64());
-    println!("token-to-visible p50:          {} ms", percentile(&latencies, 0.50).as_millis());
-    println!("token-to-visible p99:          {} ms (target: edit interval {edit_interval_ms} ms + 50 ms)", percentile(&latencies, 0.99).as_millis());
-    println!("token-to-visible max:          {} ms", latencies.last().copied().unwrap_or_default().as_millis());
-    println!("first token to first message:  p50 {} ms, p99 {} ms", percentile(&first_message, 0.5).as_millis(), percentile(&first_message, 0.99).as_millis());
-    println!("edits per message:             {:.1}", f64::from(edits) / messages.len().max(1) as f64);
-    println!("CPU per 1,000 tokens:          {:.1} ms (whole process, fake Poe included)", cpu * 1000.0 / (total_tokens / 1000.0));
-    println!("peak RSS:                      {:.0} MB (whole process, fake Poe included)", peak_rss_mb());
+    println!(
+        "token-to-visible p50:          {} ms",
+        percentile(&latencies, 0.50).as_millis()
+    );
+    println!(
+        "token-to-visible p99:          {} ms (target: edit interval {edit_interval_ms} ms + 50 ms)",
+        percentile(&latencies, 0.99).as_millis()
+    );
+    println!(
+        "token-to-visible max:          {} ms",
+        latencies.last().copied().unwrap_or_default().as_millis()
+    );
+    println!(
+        "first token to first message:  p50 {} ms, p99 {} ms",
+        percentile(&first_message, 0.5).as_millis(),
+        percentile(&first_message, 0.99).as_millis()
+    );
+    println!(
+        "edits per message:             {:.1}",
+        f64::from(edits) / messages.len().max(1) as f64
+    );
+    println!(
+        "CPU per 1,000 tokens:          {:.1} ms (whole process, fake Poe included)",
+        cpu * 1000.0 / (total_tokens / 1000.0)
+    );
+    println!(
+        "peak RSS:                      {:.0} MB (whole process, fake Poe included)",
+        peak_rss_mb()
+    );
     println!("tokens never shown:            {never_shown}");
     println!("lost or duplicated characters: {wrong_chars}");
     let _ = std::fs::remove_dir_all(&store_dir);

@@ -141,15 +141,15 @@ impl Budgets {
         let lock = self.lock_for(&spender.key);
         let _held = lock.lock().await;
         let standing = self.standing(spender, now_ms)?;
-        if let Some(limit) = standing.limit {
-            if standing.spent + points > limit {
-                return Err(BudgetError::Over {
-                    spent: standing.spent,
-                    limit,
-                    needed: points,
-                    resets_at_ms: standing.resets_at_ms,
-                });
-            }
+        if let Some(limit) = standing.limit
+            && standing.spent + points > limit
+        {
+            return Err(BudgetError::Over {
+                spent: standing.spent,
+                limit,
+                needed: points,
+                resets_at_ms: standing.resets_at_ms,
+            });
         }
         let entry = LedgerEntry {
             id: self.store.next_id()?,

@@ -321,10 +321,7 @@ impl Manager {
             tracing::error!(%err, "cannot record the user's turn");
         }
         let inflight = InflightReply {
-            id: services
-                .store
-                .next_id()
-                .unwrap_or_else(|_| reservation.ledger_id),
+            id: services.store.next_id().unwrap_or(reservation.ledger_id),
             channel: channel.clone(),
             reply_to: inbound.event_id.clone(),
             ledger_id: Some(reservation.ledger_id),
@@ -520,10 +517,10 @@ impl Manager {
                     tracing::warn!(channel = %record.channel, %err, "cannot mark an interrupted reply");
                 }
             }
-            if let Some(ledger_id) = record.ledger_id {
-                if let Err(err) = services.budgets.release(ledger_id, now_ms()) {
-                    tracing::error!(%err, "cannot release an interrupted reservation");
-                }
+            if let Some(ledger_id) = record.ledger_id
+                && let Err(err) = services.budgets.release(ledger_id, now_ms())
+            {
+                tracing::error!(%err, "cannot release an interrupted reservation");
             }
             if let Err(err) = services.store.remove_inflight(record.id) {
                 tracing::error!(%err, "cannot clear an interrupted reply");

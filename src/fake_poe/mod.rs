@@ -450,7 +450,12 @@ fn stream_body(
                         return;
                     }
                     sent_chars += chars;
-                    if let Some(log) = shared.timing.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    if let Some(log) = shared
+                        .timing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_mut()
+                    {
                         log.push(SentText {
                             model: model.clone(),
                             at: std::time::Instant::now(),
@@ -645,7 +650,12 @@ async fn chat_completions(
     };
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         let frames = render::openai_stream(&steps, &model, prompt_tokens);
-        return event_stream(stream_body(shared.clone(), model.clone(), frames, on_complete));
+        return event_stream(stream_body(
+            shared.clone(),
+            model.clone(),
+            frames,
+            on_complete,
+        ));
     }
     // Not streamed: the answer arrives whole, unless the scenario breaks it.
     if let Some(Step::Error(error)) = steps.iter().find(|step| matches!(step, Step::Error(_))) {
@@ -673,7 +683,12 @@ async fn chat_completions(
     }
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(stream_body(shared.clone(), model.clone(), frames, on_complete))
+        .body(stream_body(
+            shared.clone(),
+            model.clone(),
+            frames,
+            on_complete,
+        ))
         .unwrap_or_default()
 }
 

@@ -9,7 +9,10 @@ use super::scenario::Step;
 pub(crate) enum Frame {
     Bytes(String),
     /// Bytes that carry `chars` characters of the answer (timed for benchmarks).
-    Answer { bytes: String, chars: usize },
+    Answer {
+        bytes: String,
+        chars: usize,
+    },
     Sleep(std::time::Duration),
     /// Break the connection.
     Drop,
@@ -102,7 +105,10 @@ pub(crate) fn openai_stream(steps: &[Step], model: &str, prompt_tokens: u64) -> 
             Step::Text(text) => {
                 answer.push_str(text);
                 frames.push(Frame::Answer {
-                    bytes: format!("data: {}\n\n", chunk(&id, model, json!({"content": text}), None)),
+                    bytes: format!(
+                        "data: {}\n\n",
+                        chunk(&id, model, json!({"content": text}), None)
+                    ),
                     chars: text.chars().count(),
                 });
             }

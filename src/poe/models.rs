@@ -114,7 +114,7 @@ impl ParameterSpec {
         if let Some(choices) = field("enum").and_then(Value::as_array) {
             let matched = choices.iter().find(|choice| match choice {
                 Value::String(choice) => choice == text,
-                other => other.to_string() == text,
+                other => *other == text,
             });
             return matched.cloned().ok_or_else(|| {
                 let listed: Vec<String> = choices
@@ -155,15 +155,15 @@ impl ParameterSpec {
             _ => Value::String(text.to_owned()),
         };
         if let Some(number) = value.as_f64() {
-            if let Some(minimum) = field("minimum").and_then(Value::as_f64) {
-                if number < minimum {
-                    return Err(format!("`{}` must be at least {minimum}", self.name));
-                }
+            if let Some(minimum) = field("minimum").and_then(Value::as_f64)
+                && number < minimum
+            {
+                return Err(format!("`{}` must be at least {minimum}", self.name));
             }
-            if let Some(maximum) = field("maximum").and_then(Value::as_f64) {
-                if number > maximum {
-                    return Err(format!("`{}` must be at most {maximum}", self.name));
-                }
+            if let Some(maximum) = field("maximum").and_then(Value::as_f64)
+                && number > maximum
+            {
+                return Err(format!("`{}` must be at most {maximum}", self.name));
             }
         }
         Ok(value)

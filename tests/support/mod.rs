@@ -102,8 +102,10 @@ pub struct CoreSetup {
 }
 
 pub fn core_config(fake: &FakePoe) -> poe_relay::config::Config {
-    let mut config = poe_relay::config::Config::default();
-    config.poe = config_for(fake);
+    let mut config = poe_relay::config::Config {
+        poe: config_for(fake),
+        ..Default::default()
+    };
     config.chat.default_model = "echo".into();
     config.budget.reconcile_after_secs = 0;
     config

@@ -1090,4 +1090,25 @@ mod tests {
         assert_eq!(bodies(&parts), text);
         assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
     }
+    #[test]
+    fn scratch_hunt() {
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let n: u64 = std::env::var("HUNT").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        for seed in 0..n {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            let cfg = Config { cases: 2000, failure_persistence: None, ..Config::default() };
+            let mut runner = TestRunner::new_with_rng(cfg, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+            let r = runner.run(&(text(250), 10usize..300, unit()), |(text, limit, unit)| {
+                let r = std::panic::catch_unwind(|| check_invariants(&text, limit, unit, limit >= 24));
+                if r.is_err() { Err(TestCaseError::fail("x")) } else { Ok(()) }
+            });
+            if let Err(proptest::test_runner::TestError::Fail(_, (text, limit, unit))) = r {
+                eprintln!("SEED {seed}: text = {text:?}, limit = {limit}, unit = {unit:?}");
+                for p in split(&text, limit, unit) {
+                    eprintln!("   {:?} | {:?} | {:?}", p.reopen, p.body, p.close);
+                }
+            }
+        }
+    }
 }

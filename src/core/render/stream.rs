@@ -279,10 +279,10 @@ async fn render(
             continue;
         }
         let text = parts[index].clone();
-        if let Some(hook) = &progress {
-            if index + 1 == shown.len() {
-                hook(&report.messages, &text).await;
-            }
+        if let Some(hook) = &progress
+            && index + 1 == shown.len()
+        {
+            hook(&report.messages, &text).await;
         }
         target.pacer.wait_turn().await;
         let result = match shown.get(index) {
@@ -332,11 +332,11 @@ async fn render(
                         }
                     }
                 }
-                if let (Some(hook), Some(last)) = (&progress, shown.last()) {
-                    if last.edits == 0 {
-                        // A new message: its id is known only now.
-                        hook(&report.messages, &last.text).await;
-                    }
+                if let (Some(hook), Some(last)) = (&progress, shown.last())
+                    && last.edits == 0
+                {
+                    // A new message: its id is known only now.
+                    hook(&report.messages, &last.text).await;
                 }
             }
             Err(PlatformError::RateLimited { retry_after }) => {
