@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 use poe_relay::config::Config;
+use poe_relay::core::manager::{Manager, Services};
+use poe_relay::store::Store;
 use poe_relay::poe::{ModelInfo, PoeClient};
 use poe_relay::secret::{self, ProcessEnv};
 
@@ -118,7 +120,15 @@ fn check_config(config: &Config, path: Option<&Path>) -> Result<()> {
 
 async fn run(config: Config) -> Result<()> {
     poe_relay::logging::init(&config.log);
-    let _client = poe_client(&config)?;
+    let client = poe_client(&config)?;
+    if let Some(parent) = config.store.path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {} for store.path", parent.display()))?;
+    }
+    let store = Store::open(&config.store.path)?;
+    let manager = Manager::new(Services::new(config.clone(), client, store.clone()));
+    // Reconciliation and retention run from the start; chat platforms join in later versions.
+    let _maintenance = manager.spawn_maintenance();
     // Listen before announcing the start, so a signal sent right after it is not lost.
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
@@ -131,6 +141,7 @@ async fn run(config: Config) -> Result<()> {
         _ = interrupt.recv() => {}
     }
     tracing::info!("shutting down");
+    store.flush().await?;
     Ok(())
 }
 

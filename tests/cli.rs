@@ -186,10 +186,14 @@ async fn models_and_balance_talk_to_poe() {
 
 #[tokio::test]
 async fn run_logs_json_on_request_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
     let child = Command::new(BINARY)
         .args(["run", "--config", &shipped_config()])
         .env_clear()
         .env("POE_API_KEY", KEY)
+        .env("POE_RELAY__STORE__PATH", store.to_str().unwrap())
+        .env("POE_RELAY__POE__BASE_URL", "http://127.0.0.1:9")
         .env("POE_RELAY__LOG__FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
