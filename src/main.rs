@@ -9,9 +9,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use poe_relay::config::Config;
 use poe_relay::core::manager::{Manager, Services};
-use poe_relay::store::Store;
 use poe_relay::poe::{ModelInfo, PoeClient};
 use poe_relay::secret::{self, ProcessEnv};
+use poe_relay::store::Store;
 
 /// Where the configuration is looked for when `--config` is not given.
 const DEFAULT_CONFIG: &str = "config/poe-relay.toml";
@@ -121,7 +121,12 @@ fn check_config(config: &Config, path: Option<&Path>) -> Result<()> {
 async fn run(config: Config) -> Result<()> {
     poe_relay::logging::init(&config.log);
     let client = poe_client(&config)?;
-    if let Some(parent) = config.store.path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+    if let Some(parent) = config
+        .store
+        .path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {} for store.path", parent.display()))?;
     }

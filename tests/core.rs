@@ -812,7 +812,14 @@ async fn matrix_style_edit_caps_hold_and_the_final_text_still_lands() {
     use poe_relay::platform::Limits;
     let fake = FakePoe::start(KEY).await.unwrap();
     let answer = "slowly ".repeat(60);
-    fake.script("echo", Scenario::Text { text: answer.clone(), chunk_chars: 7, interval: Duration::from_millis(20) });
+    fake.script(
+        "echo",
+        Scenario::Text {
+            text: answer.clone(),
+            chunk_chars: 7,
+            interval: Duration::from_millis(20),
+        },
+    );
     let platform = MemoryPlatform::new(Limits {
         max_message_len: 30_000,
         length_unit: LengthUnit::Utf8Bytes,
@@ -822,7 +829,10 @@ async fn matrix_style_edit_caps_hold_and_the_final_text_still_lands() {
         typing_interval: Duration::from_millis(200),
     });
     let setup = core_with(core_config(&fake), platform);
-    setup.manager.handle(message("room", "ann", "q"), out(&setup.platform)).await;
+    setup
+        .manager
+        .handle(message("room", "ann", "q"), out(&setup.platform))
+        .await;
     let messages = shown_with(&setup.platform, "room", &answer).await;
     assert_eq!(messages[0].text, answer);
     assert!(messages[0].edits <= 4, "{} edits", messages[0].edits);
@@ -834,15 +844,29 @@ async fn a_thread_is_its_own_conversation() {
     let fake = FakePoe::start(KEY).await.unwrap();
     let setup = core_with(core_config(&fake), quick_platform());
     let out = out(&setup.platform);
-    setup.manager.handle(message("c", "ann", "in the channel"), out.clone()).await;
+    setup
+        .manager
+        .handle(message("c", "ann", "in the channel"), out.clone())
+        .await;
     shown_with(&setup.platform, "c", "in the channel").await;
     settled(&setup).await;
     let mut in_thread = message("c", "ann", "in the thread");
     in_thread.channel = channel("c").in_thread("t1");
     setup.manager.handle(in_thread, out.clone()).await;
     let key = channel("c").in_thread("t1");
-    assert!(setup.platform.wait_for(WAIT, |messages| messages.iter().any(|m| m.channel == key && m.text == "in the thread")).await);
+    assert!(
+        setup
+            .platform
+            .wait_for(WAIT, |messages| messages
+                .iter()
+                .any(|m| m.channel == key && m.text == "in the thread"))
+            .await
+    );
     settled(&setup).await;
     let query = &fake.chat_requests("echo")[1].body["query"];
-    assert_eq!(query.as_array().unwrap().len(), 1, "the thread saw the channel's history: {query}");
+    assert_eq!(
+        query.as_array().unwrap().len(),
+        1,
+        "the thread saw the channel's history: {query}"
+    );
 }

@@ -212,6 +212,36 @@ impl PoeClient {
         }
     }
 
+    /// Sends a one-shot request (anything but a chat stream) and returns its body, or the
+    /// typed error for an unsuccessful status.
+    pub(crate) async fn send_simple(
+        &self,
+        request: reqwest::RequestBuilder,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, PoeError> {
+        let idle = self.config().idle_timeout();
+        let response = timeout(idle, request.send())
+            .await
+            .map_err(|_| PoeError::Timeout {
+                phase: TimeoutPhase::Idle,
+            })?
+            .map_err(|err| stream::transport_error(&err))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let deadline = tokio::time::Instant::now() + self.config().request_timeout();
+        let body = stream::read_limited(response, max_bytes, idle, deadline).await?;
+        if !status.is_success() {
+            return Err(error::from_http(
+                status.as_u16(),
+                &headers,
+                &body,
+                None,
+                self.key(),
+            ));
+        }
+        Ok(body)
+    }
+
     async fn get_json<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -219,32 +249,12 @@ impl PoeClient {
     ) -> Result<T, PoeError> {
         let url = self.url(path);
         self.with_retries(path, || async {
-            let idle = self.config().idle_timeout();
-            let send = self
+            let request = self
                 .http()
                 .get(&url)
                 .query(query)
-                .bearer_auth(self.key().expose())
-                .send();
-            let response = tokio::time::timeout(idle, send)
-                .await
-                .map_err(|_| PoeError::Timeout {
-                    phase: TimeoutPhase::Idle,
-                })?
-                .map_err(|err| stream::transport_error(&err))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let deadline = tokio::time::Instant::now() + self.config().request_timeout();
-            let body = stream::read_limited(response, 64 * 1024 * 1024, idle, deadline).await?;
-            if !status.is_success() {
-                return Err(error::from_http(
-                    status.as_u16(),
-                    &headers,
-                    &body,
-                    None,
-                    self.key(),
-                ));
-            }
+                .bearer_auth(self.key().expose());
+            let body = self.send_simple(request, 64 * 1024 * 1024).await?;
             serde_json::from_slice(&body).map_err(|err| {
                 PoeError::protocol(format!("unexpected answer from {path}: {err}"), false)
             })

@@ -105,6 +105,19 @@ impl ModelInfo {
     }
 }
 
+/// An enum's choices as text (`"16:9"`, `true`, `3`).
+fn choice_names(choices: &[Value]) -> Vec<String> {
+    choices
+        .iter()
+        .map(|choice| {
+            choice
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| choice.to_string())
+        })
+        .collect()
+}
+
 impl ParameterSpec {
     /// Reads `text` as a value of this parameter, checking the declared type, enum and
     /// bounds. The error says what is accepted.
@@ -112,22 +125,15 @@ impl ParameterSpec {
         let schema = self.schema.as_ref().and_then(Value::as_object);
         let field = |name: &str| schema.and_then(|schema| schema.get(name));
         if let Some(choices) = field("enum").and_then(Value::as_array) {
-            let matched = choices.iter().find(|choice| match choice {
-                Value::String(choice) => choice == text,
-                other => *other == text,
-            });
-            return matched.cloned().ok_or_else(|| {
-                let listed: Vec<String> = choices
-                    .iter()
-                    .map(|choice| {
-                        choice
-                            .as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| choice.to_string())
-                    })
-                    .collect();
-                format!("`{}` must be one of: {}", self.name, listed.join(", "))
-            });
+            let names = choice_names(choices);
+            return match names.iter().position(|name| name == text) {
+                Some(index) => Ok(choices[index].clone()),
+                None => Err(format!(
+                    "`{}` must be one of: {}",
+                    self.name,
+                    names.join(", ")
+                )),
+            };
         }
         let kind = field("type").and_then(Value::as_str).unwrap_or("string");
         let value = match kind {
@@ -174,16 +180,7 @@ impl ParameterSpec {
         let schema = self.schema.as_ref().and_then(Value::as_object);
         let field = |name: &str| schema.and_then(|schema| schema.get(name));
         if let Some(choices) = field("enum").and_then(Value::as_array) {
-            let listed: Vec<String> = choices
-                .iter()
-                .map(|choice| {
-                    choice
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| choice.to_string())
-                })
-                .collect();
-            return format!("one of {}", listed.join(", "));
+            return format!("one of {}", choice_names(choices).join(", "));
         }
         let kind = field("type").and_then(Value::as_str).unwrap_or("text");
         match (
@@ -229,6 +226,9 @@ mod tests {
         let ratio = spec(json!({"enum": ["1:1", "16:9"]}));
         assert_eq!(ratio.parse_value("16:9").unwrap(), json!("16:9"));
         assert!(ratio.parse_value("4:3").unwrap_err().contains("1:1, 16:9"));
+        let count = spec(json!({"enum": [1, 2, 4]}));
+        assert_eq!(count.parse_value("2").unwrap(), json!(2));
+        assert!(count.parse_value("3").is_err());
         let flag = spec(json!({"type": "boolean"}));
         assert_eq!(flag.parse_value("on").unwrap(), json!(true));
         assert!(flag.parse_value("maybe").is_err());

@@ -234,14 +234,7 @@ impl ReplyStream {
         let status = response.status().as_u16();
         if !response.status().is_success() {
             let headers = response.headers().clone();
-            let body = read_limited(
-                response,
-                MAX_ERROR_BODY_BYTES,
-                self.idle_wait(),
-                self.deadline,
-            )
-            .await
-            .unwrap_or_default();
+            let body = self.error_body(response).await;
             return Err(error::from_http(
                 status,
                 &headers,
@@ -265,14 +258,7 @@ impl ReplyStream {
             return Ok(());
         }
         if !content_type.starts_with("text/event-stream") {
-            let body = read_limited(
-                response,
-                MAX_ERROR_BODY_BYTES,
-                self.idle_wait(),
-                self.deadline,
-            )
-            .await
-            .unwrap_or_default();
+            let body = self.error_body(response).await;
             if let Ok(error::ErrorBody {
                 error: Some(object),
             }) = serde_json::from_slice(&body)
@@ -301,6 +287,18 @@ impl ReplyStream {
             protocol,
         });
         Ok(())
+    }
+
+    /// The start of an error body: enough to classify the error, never the whole stream.
+    async fn error_body(&self, response: reqwest::Response) -> Vec<u8> {
+        read_limited(
+            response,
+            MAX_ERROR_BODY_BYTES,
+            self.idle_wait(),
+            self.deadline,
+        )
+        .await
+        .unwrap_or_default()
     }
 
     fn idle_wait(&self) -> Duration {

@@ -5,10 +5,10 @@
 
 use serde::Deserialize;
 
-use super::error::{self, PoeError};
+use super::PoeClient;
+use super::error::PoeError;
 use super::native::Attachment;
 use super::request::{FileSource, InputFile};
-use super::{PoeClient, stream};
 
 #[derive(Debug, Deserialize)]
 struct UploadResponse {
@@ -44,26 +44,7 @@ impl PoeClient {
                     ("download_filename", file.name.as_str()),
                 ]),
             };
-            let idle = self.config().idle_timeout();
-            let response = tokio::time::timeout(idle, request.send())
-                .await
-                .map_err(|_| PoeError::Timeout {
-                    phase: super::TimeoutPhase::Idle,
-                })?
-                .map_err(|err| stream::transport_error(&err))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let deadline = tokio::time::Instant::now() + self.config().request_timeout();
-            let body = stream::read_limited(response, 1024 * 1024, idle, deadline).await?;
-            if status.as_u16() != 200 {
-                return Err(error::from_http(
-                    status.as_u16(),
-                    &headers,
-                    &body,
-                    None,
-                    self.key(),
-                ));
-            }
+            let body = self.send_simple(request, 1024 * 1024).await?;
             let uploaded: UploadResponse = serde_json::from_slice(&body).map_err(|err| {
                 PoeError::protocol(format!("unexpected upload answer: {err}"), false)
             })?;

@@ -166,7 +166,9 @@ struct FlushState {
 
 impl GroupFlush {
     fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn flush(self: &std::sync::Arc<Self>, db: &sled::Db) -> Result<(), StoreError> {
@@ -186,9 +188,11 @@ impl GroupFlush {
                 loop {
                     let round = flusher.lock().wanted;
                     let db = db.clone();
-                    let error = tokio::task::spawn_blocking(move || db.flush().err().map(|err| err.to_string()))
-                        .await
-                        .unwrap_or_else(|err| Some(format!("the flush task failed: {err}")));
+                    let error = tokio::task::spawn_blocking(move || {
+                        db.flush().err().map(|err| err.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|err| Some(format!("the flush task failed: {err}")));
                     flusher.done.send_replace((round, error));
                     let mut state = flusher.lock();
                     if state.wanted == round {
@@ -292,7 +296,11 @@ mod tests {
         let results = tokio::time::timeout(std::time::Duration::from_secs(30), all)
             .await
             .expect("flushes hung");
-        assert!(results.into_iter().all(|result| matches!(result, Ok(Ok(())))));
+        assert!(
+            results
+                .into_iter()
+                .all(|result| matches!(result, Ok(Ok(()))))
+        );
     }
 
     #[test]
