@@ -870,3 +870,125 @@ async fn a_thread_is_its_own_conversation() {
         "the thread saw the channel's history: {query}"
     );
 }
+
+#[tokio::test]
+async fn reconciliation_gives_each_request_its_own_cost() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.set_cost("cheap", 7);
+    fake.set_cost("dear", 11);
+    fake.script("dear", slow_text(&"d".repeat(90)));
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    for (channel, model) in [("a", "cheap"), ("b", "dear")] {
+        setup
+            .store
+            .update_channel_settings(&self::channel(channel), |settings| {
+                settings.model = Some(model.into())
+            })
+            .unwrap();
+    }
+    setup
+        .manager
+        .handle(message("a", "ann", "cheap one"), out.clone())
+        .await;
+    shown_with(&setup.platform, "a", "cheap one").await;
+    // Another request to the cheap model is still running while the first is reconciled.
+    fake.script("cheap", slow_text(&"c".repeat(150)));
+    setup
+        .store
+        .update_channel_settings(&channel("a2"), |settings| {
+            settings.model = Some("cheap".into())
+        })
+        .unwrap();
+    setup
+        .manager
+        .handle(message("a2", "cy", "cheap again"), out.clone())
+        .await;
+    setup
+        .manager
+        .handle(message("b", "bob", "dear one"), out.clone())
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    setup.manager.maintain().await;
+    let early = setup.store.ledger_since(0).unwrap();
+    assert!(
+        early
+            .iter()
+            .all(|entry| entry.model != "cheap" || entry.reconciled.is_none()),
+        "a cheap request was reconciled while another cheap one was running: {early:#?}"
+    );
+    assert_eq!(fake.chat_requests("cheap").len(), 2);
+    shown_with(&setup.platform, "a2", &"c".repeat(150)).await;
+    shown_with(&setup.platform, "b", &"d".repeat(90)).await;
+    settled(&setup).await;
+    setup.manager.maintain().await;
+    let ledger = setup.store.ledger_since(0).unwrap();
+    for entry in &ledger {
+        let expected = if entry.model == "dear" { 11 } else { 7 };
+        assert_eq!(entry.reconciled, Some(expected), "{entry:#?}");
+    }
+}
+
+#[tokio::test]
+async fn a_shorter_replacement_empties_the_messages_it_no_longer_needs() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script(
+        "echo",
+        Scenario::Replace {
+            before: "long draft. ".repeat(400),
+            after: "Short final answer.".into(),
+        },
+    );
+    let setup = core_with(core_config(&fake), quick_platform());
+    setup
+        .manager
+        .handle(message("c", "ann", "q"), out(&setup.platform))
+        .await;
+    settled(&setup).await;
+    let key = channel("c");
+    assert!(
+        setup
+            .platform
+            .wait_for(WAIT, |messages| messages
+                .iter()
+                .any(|m| m.channel == key && m.text == "Short final answer."))
+            .await
+    );
+    let messages = setup.platform.messages(&key);
+    assert_eq!(messages[0].text, "Short final answer.");
+    assert!(
+        messages[1..].iter().all(|message| message.text == "…"),
+        "{messages:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reservation_left_by_a_crash_is_given_back_on_start() {
+    use poe_relay::store::LedgerEntry;
+    use std::collections::HashMap;
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let setup = core_with(core_config(&fake), quick_platform());
+    let id = setup.store.next_id().unwrap();
+    setup
+        .store
+        .insert_ledger(&LedgerEntry {
+            id,
+            user: "memory:ann".into(),
+            user_name: "ann".into(),
+            channel: "memory:c".into(),
+            model: "echo".into(),
+            created_us: (poe_relay::core::manager::now_ms() - 60_000) * 1000,
+            finished_us: None,
+            reserved: 500,
+            estimated: None,
+            reconciled: None,
+            state: LedgerState::Reserved,
+        })
+        .unwrap();
+    let platforms: HashMap<String, Arc<dyn Outbound>> =
+        HashMap::from([("memory".to_owned(), out(&setup.platform))]);
+    setup.manager.recover(&platforms).await;
+    let entry = setup.store.ledger_entry(id).unwrap().unwrap();
+    assert_eq!(entry.state, LedgerState::Released);
+    assert_eq!(entry.charge(), 0);
+}

@@ -142,7 +142,7 @@ impl Budgets {
         let _held = lock.lock().await;
         let standing = self.standing(spender, now_ms)?;
         if let Some(limit) = standing.limit
-            && standing.spent + points > limit
+            && standing.spent.saturating_add(points) > limit
         {
             return Err(BudgetError::Over {
                 spent: standing.spent,

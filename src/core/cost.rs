@@ -8,9 +8,15 @@
 use crate::config::{BudgetConfig, ModelConfig};
 use crate::poe::{ModelInfo, Usage};
 
-/// Roughly four characters per token, the usual rule for English text.
+/// Roughly four characters per token, the usual rule for English text: a fair estimate.
 pub fn tokens_for_chars(chars: usize) -> u64 {
     (chars as u64).div_ceil(4)
+}
+
+/// Tokens a prompt can cost at most, for reservations: one per three bytes covers scripts
+/// that tokenize densely (CJK, emoji), and each attachment counts as a large image.
+pub fn worst_case_prompt_tokens(prompt_bytes: usize, attachments: usize) -> u64 {
+    (prompt_bytes as u64).div_ceil(3) + 1_600 * attachments as u64
 }
 
 /// Prices of one model, as far as they are known.
@@ -52,21 +58,22 @@ impl Price {
             + output * output_tokens as f64
             + self.per_request_usd.unwrap_or(0.0);
         let points = (usd * budget.points_per_usd).ceil();
-        if points.is_finite() {
+        if points.is_finite() && points < 1e15 {
             (points as i64).max(1)
         } else {
             budget.unpriced_request_points
         }
     }
 
-    /// The worst case: the whole prompt and the longest answer allowed.
+    /// The worst case: the whole prompt (see [`worst_case_prompt_tokens`]) and the longest
+    /// answer allowed.
     pub fn reservation(
         &self,
         budget: &BudgetConfig,
-        prompt_chars: usize,
+        prompt_tokens: u64,
         max_output_tokens: u64,
     ) -> i64 {
-        self.points(budget, tokens_for_chars(prompt_chars), max_output_tokens)
+        self.points(budget, prompt_tokens, max_output_tokens)
     }
 
     /// After the answer: Poe's token counts when it sent them, otherwise sizes.
@@ -111,7 +118,7 @@ mod tests {
         let budget = BudgetConfig::default();
         // 2.6 $/M in, 13 $/M out: 4,000 chars in (1,000 tokens), 4,096 tokens out.
         let price = Price::of(Some(&model(Some(0.0000026), Some(0.000013))), None);
-        let reserved = price.reservation(&budget, 4000, 4096);
+        let reserved = price.reservation(&budget, tokens_for_chars(4000), 4096);
         let expected = ((1000.0 * 0.0000026 + 4096.0 * 0.000013) * 33_000.0_f64).ceil() as i64;
         assert_eq!(reserved, expected);
         let usage = Usage {
@@ -132,7 +139,7 @@ mod tests {
         let budget = BudgetConfig::default();
         let unpriced = Price::of(None, None);
         assert_eq!(
-            unpriced.reservation(&budget, 10, 10),
+            unpriced.reservation(&budget, 3, 10),
             budget.unpriced_request_points
         );
         let configured = ModelConfig {

@@ -212,7 +212,7 @@ impl Manager {
                 reply_to: (index == 0).then(|| inbound.event_id.clone()),
                 private,
             };
-            for _ in 0..3 {
+            for _ in 0..5 {
                 pacer.wait_turn().await;
                 match out.send(&inbound.channel, message.clone()).await {
                     Ok(_) => break,
@@ -283,6 +283,14 @@ impl Manager {
             .iter()
             .map(|message| message.content.chars().count())
             .sum();
+        let prompt_tokens = super::cost::worst_case_prompt_tokens(
+            request
+                .messages
+                .iter()
+                .map(|message| message.content.len())
+                .sum(),
+            inbound.attachments.len(),
+        );
         let max_output = info
             .as_ref()
             .and_then(|info| info.max_output_tokens())
@@ -296,7 +304,7 @@ impl Manager {
                 &spender,
                 &channel.to_string(),
                 &model,
-                price.reservation(&config.budget, prompt_chars, max_output),
+                price.reservation(&config.budget, prompt_tokens, max_output),
                 now_ms(),
             )
             .await
@@ -437,12 +445,16 @@ impl Manager {
                 .release(reservation.ledger_id, now_ms())
                 .map(|()| 0)
         } else {
-            let points = price.estimate(
-                &config.budget,
-                prompt_chars,
-                answer.chars().count(),
-                usage.as_ref(),
-            );
+            // Never above the reservation: the budget check counted that much, so concurrent
+            // requests cannot overspend; reconciliation brings in Poe's own figure later.
+            let points = price
+                .estimate(
+                    &config.budget,
+                    prompt_chars,
+                    answer.chars().count(),
+                    usage.as_ref(),
+                )
+                .min(reservation.points);
             services
                 .budgets
                 .settle(reservation.ledger_id, points, now_ms())
@@ -450,6 +462,10 @@ impl Manager {
         };
         if let Err(err) = services.store.remove_inflight(inflight.id) {
             tracing::error!(%err, "cannot clear the reply in flight");
+        }
+        // The answer, the charge and the cleared record belong together on disk.
+        if let Err(err) = services.store.flush().await {
+            tracing::error!(%err, "cannot flush the store");
         }
         let outcome = match &failure {
             None => "ok".to_owned(),
@@ -492,30 +508,7 @@ impl Manager {
         let mut recovered = 0;
         for record in records {
             if let Some(out) = platforms.get(&record.channel.platform) {
-                let limits = out.limits();
-                let notice = "⚠️ This answer was interrupted: the bot restarted. Ask again to get a full answer.";
-                let amended = format!("{}\n\n{notice}", record.last_text);
-                let fits = crate::core::render::split::measure(&amended, limits.length_unit)
-                    <= limits.max_message_len;
-                let result = match record.messages.last() {
-                    Some(last) if fits && !record.last_text.is_empty() => {
-                        out.edit(&record.channel, last, &amended).await
-                    }
-                    _ => out
-                        .send(
-                            &record.channel,
-                            OutMessage {
-                                text: notice.into(),
-                                reply_to: Some(record.reply_to.clone()),
-                                private: false,
-                            },
-                        )
-                        .await
-                        .map(|_| ()),
-                };
-                if let Err(err) = result {
-                    tracing::warn!(channel = %record.channel, %err, "cannot mark an interrupted reply");
-                }
+                self.mark_interrupted(out, &record).await;
             }
             if let Some(ledger_id) = record.ledger_id
                 && let Err(err) = services.budgets.release(ledger_id, now_ms())
@@ -527,10 +520,71 @@ impl Manager {
             }
             recovered += 1;
         }
+        // A crash between reserving and recording the reply leaves a reservation with no
+        // record: give those back too, or they would count until the period ends.
+        let started_us = self.inner.started_ms * 1000;
+        match services.store.ledger_since(0) {
+            Ok(entries) => {
+                for entry in entries {
+                    if entry.state == crate::store::LedgerState::Reserved
+                        && entry.created_us < started_us
+                    {
+                        if let Err(err) = services.budgets.release(entry.id, now_ms()) {
+                            tracing::error!(%err, "cannot release a stale reservation");
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::error!(%err, "cannot read the ledger"),
+        }
         if recovered > 0 {
             tracing::info!(recovered, "cleaned up replies interrupted by a restart");
         }
         recovered
+    }
+
+    /// Tells the channel an answer was cut off: a final edit of its last message when the
+    /// notice fits, otherwise a new message in reply to the question.
+    async fn mark_interrupted(&self, out: &Arc<dyn Outbound>, record: &InflightReply) {
+        let limits = out.limits();
+        let notice =
+            "⚠️ This answer was interrupted: the bot restarted. Ask again to get a full answer.";
+        let amended = format!("{}\n\n{notice}", record.last_text);
+        let fits = crate::core::render::split::measure(&amended, limits.length_unit)
+            <= limits.max_message_len;
+        let pacer = self.pacer(&record.channel, out);
+        let mut edit_first = fits && !record.last_text.is_empty() && !record.messages.is_empty();
+        for _ in 0..5 {
+            pacer.wait_turn().await;
+            let result = match record.messages.last() {
+                Some(last) if edit_first => out.edit(&record.channel, last, &amended).await,
+                _ => out
+                    .send(
+                        &record.channel,
+                        OutMessage {
+                            text: notice.into(),
+                            reply_to: Some(record.reply_to.clone()),
+                            private: false,
+                        },
+                    )
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Ok(()) => return,
+                Err(crate::platform::PlatformError::RateLimited { retry_after }) => {
+                    pacer.back_off(retry_after)
+                }
+                Err(err) => {
+                    tracing::warn!(channel = %record.channel, %err, "cannot edit an interrupted reply");
+                    if !edit_first {
+                        return;
+                    }
+                    // The message may be gone: say it in a new one.
+                    edit_first = false;
+                }
+            }
+        }
     }
 
     /// Runs reconciliation and retention in the background until the manager is dropped.

@@ -77,17 +77,23 @@ pub async fn reconcile_once(
     settle_us: i64,
     slack_us: i64,
 ) -> Result<ReconcileReport, ReconcileError> {
+    // Every unreconciled request takes part in the matching, running ones included, so that a
+    // Poe entry is never handed to a finished request when it belongs to one still running;
+    // groups with a request not yet ready are left for a later pass.
     let ours: Vec<LedgerEntry> = store
         .ledger_since(now_us - HISTORY_DAYS_US)?
         .into_iter()
-        .filter(|entry| {
-            entry.reconciled.is_none()
-                && entry.state != LedgerState::Reserved
-                && entry
-                    .finished_us
-                    .is_some_and(|end| end <= now_us - settle_us)
-        })
+        .filter(|entry| entry.reconciled.is_none())
         .collect();
+    let ready = |entry: &LedgerEntry| {
+        entry.state != LedgerState::Reserved
+            && entry
+                .finished_us
+                .is_some_and(|end| end <= now_us - settle_us)
+    };
+    if !ours.iter().any(ready) {
+        return Ok(ReconcileReport::default());
+    }
     if ours.is_empty() {
         return Ok(ReconcileReport::default());
     }
@@ -118,7 +124,7 @@ pub async fn reconcile_once(
             continue;
         };
         for (i, request) in ours.iter().enumerate() {
-            let end = request.finished_us.unwrap_or(request.created_us);
+            let end = request.finished_us.unwrap_or(now_us);
             if request.model.eq_ignore_ascii_case(bot)
                 && at >= request.created_us - slack_us
                 && at <= end + slack_us
@@ -143,7 +149,7 @@ pub async fn reconcile_once(
 
     let mut report = ReconcileReport::default();
     for (requests, entries) in groups.into_values() {
-        if requests.is_empty() || entries.is_empty() {
+        if requests.is_empty() || entries.is_empty() || !requests.iter().all(|&i| ready(&ours[i])) {
             continue;
         }
         let mut total = 0;
@@ -157,9 +163,14 @@ pub async fn reconcile_once(
         if used == 0 {
             continue;
         }
+        // A request given back without an estimate (refused, or interrupted before any text)
+        // gets almost nothing of a shared total.
         let weights: Vec<i64> = requests
             .iter()
-            .map(|&i| ours[i].estimated.unwrap_or(ours[i].reserved))
+            .map(|&i| match ours[i].state {
+                LedgerState::Released => ours[i].estimated.unwrap_or(0),
+                _ => ours[i].estimated.unwrap_or(ours[i].reserved),
+            })
             .collect();
         for (&i, points) in requests.iter().zip(share(total, &weights)) {
             store.update_ledger(ours[i].id, |entry| entry.reconciled = Some(points))?;

@@ -233,6 +233,12 @@ async fn render(
             }
             state.ending.clone()
         };
+        if ending.is_some() {
+            // The answer was replaced by a shorter one: empty out messages it no longer needs.
+            while parts.len() < shown.len() {
+                parts.push("…".into());
+            }
+        }
         let now = Instant::now();
         // The first part that differs from the chat and may be written now, or when.
         let mut due: Option<(usize, Instant)> = None;
