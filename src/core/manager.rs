@@ -528,11 +528,9 @@ impl Manager {
                 for entry in entries {
                     if entry.state == crate::store::LedgerState::Reserved
                         && entry.created_us < started_us
-                    {
-                        if let Err(err) = services.budgets.release(entry.id, now_ms()) {
+                        && let Err(err) = services.budgets.release(entry.id, now_ms()) {
                             tracing::error!(%err, "cannot release a stale reservation");
                         }
-                    }
                 }
             }
             Err(err) => tracing::error!(%err, "cannot read the ledger"),
