@@ -1,11 +1,10 @@
-//! Poe's model list, fetched when first needed and refreshed hourly. When Poe cannot be
-//! reached the last list is kept; with no list at all, callers work without prices and
-//! parameter checks rather than fail.
+//! Poe's model list, fetched when first needed and refreshed hourly in the background.
+//! While a refresh runs, and when Poe cannot be reached, the last list is used; with no list
+//! at all, callers work without prices and parameter checks rather than fail.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::poe::{ModelInfo, PoeClient};
@@ -13,45 +12,77 @@ use crate::poe::{ModelInfo, PoeClient};
 const REFRESH: Duration = Duration::from_secs(3600);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
 
+#[derive(Default)]
+struct Cached {
+    list: Option<Arc<Vec<ModelInfo>>>,
+    fetched_at: Option<Instant>,
+    failed_at: Option<Instant>,
+    refreshing: bool,
+}
+
 pub struct Catalog {
     poe: PoeClient,
-    cached: Mutex<Option<(Instant, Arc<Vec<ModelInfo>>)>>,
-    last_failure: Mutex<Option<Instant>>,
+    cached: Arc<Mutex<Cached>>,
+    /// Serializes the first fetch, so a burst of callers makes one request.
+    first_fetch: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
     pub fn new(poe: PoeClient) -> Self {
         Catalog {
             poe,
-            cached: Mutex::new(None),
-            last_failure: Mutex::new(None),
+            cached: Arc::new(Mutex::new(Cached::default())),
+            first_fetch: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(cached: &Mutex<Cached>) -> MutexGuard<'_, Cached> {
+        cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn fetch(poe: &PoeClient, cached: &Mutex<Cached>) {
+        let result = poe.list_models().await;
+        let mut state = Self::lock(cached);
+        state.refreshing = false;
+        match result {
+            Ok(list) => {
+                state.list = Some(Arc::new(list));
+                state.fetched_at = Some(Instant::now());
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot fetch Poe's model list; using what is cached");
+                state.failed_at = Some(Instant::now());
+            }
         }
     }
 
     /// The model list, if one could ever be fetched.
     pub async fn models(&self) -> Option<Arc<Vec<ModelInfo>>> {
-        let mut cached = self.cached.lock().await;
-        let fresh = cached
-            .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < REFRESH);
-        if fresh {
-            return cached.as_ref().map(|(_, list)| list.clone());
-        }
-        let recently_failed = self
-            .last_failure
-            .lock()
-            .await
-            .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE);
-        if !recently_failed {
-            match self.poe.list_models().await {
-                Ok(list) => *cached = Some((Instant::now(), Arc::new(list))),
-                Err(err) => {
-                    tracing::warn!(%err, "cannot fetch Poe's model list; using what is cached");
-                    *self.last_failure.lock().await = Some(Instant::now());
+        let recently_failed =
+            |state: &Cached| state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE);
+        {
+            let mut state = Self::lock(&self.cached);
+            if let Some(list) = state.list.clone() {
+                let stale = state.fetched_at.is_none_or(|at| at.elapsed() >= REFRESH);
+                if stale && !state.refreshing && !recently_failed(&state) {
+                    state.refreshing = true;
+                    let poe = self.poe.clone();
+                    let cached = self.cached.clone();
+                    tokio::spawn(async move { Self::fetch(&poe, &cached).await });
                 }
+                return Some(list);
             }
         }
-        cached.as_ref().map(|(_, list)| list.clone())
+        // Nothing cached yet: fetch once, with later callers waiting for that fetch.
+        let _first = self.first_fetch.lock().await;
+        {
+            let state = Self::lock(&self.cached);
+            if state.list.is_some() || recently_failed(&state) {
+                return state.list.clone();
+            }
+        }
+        Self::fetch(&self.poe, &self.cached).await;
+        Self::lock(&self.cached).list.clone()
     }
 
     /// One model by name (case-insensitive).
