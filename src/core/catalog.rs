@@ -37,7 +37,9 @@ impl Catalog {
     }
 
     fn lock(cached: &Mutex<Cached>) -> MutexGuard<'_, Cached> {
-        cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn fetch(poe: &PoeClient, cached: &Mutex<Cached>) {
@@ -58,8 +60,11 @@ impl Catalog {
 
     /// The model list, if one could ever be fetched.
     pub async fn models(&self) -> Option<Arc<Vec<ModelInfo>>> {
-        let recently_failed =
-            |state: &Cached| state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE);
+        let recently_failed = |state: &Cached| {
+            state
+                .failed_at
+                .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
+        };
         {
             let mut state = Self::lock(&self.cached);
             if let Some(list) = state.list.clone() {
