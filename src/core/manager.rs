@@ -528,9 +528,10 @@ impl Manager {
                 for entry in entries {
                     if entry.state == crate::store::LedgerState::Reserved
                         && entry.created_us < started_us
-                        && let Err(err) = services.budgets.release(entry.id, now_ms()) {
-                            tracing::error!(%err, "cannot release a stale reservation");
-                        }
+                        && let Err(err) = services.budgets.release(entry.id, now_ms())
+                    {
+                        tracing::error!(%err, "cannot release a stale reservation");
+                    }
                 }
             }
             Err(err) => tracing::error!(%err, "cannot read the ledger"),
