@@ -28,6 +28,8 @@ pub struct Config {
     pub budget: BudgetConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub matrix: MatrixConfig,
 }
 
 /// How conversations behave.
@@ -135,6 +137,49 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: "data/poe-relay.sled".into(),
+        }
+    }
+}
+
+/// The Matrix account the bot uses and who may do what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixConfig {
+    pub enabled: bool,
+    /// The homeserver's client API base URL.
+    pub homeserver: String,
+    /// The bot's full Matrix id (`@poe:example.org`).
+    pub user_id: String,
+    /// Shown in the device list when the bot logs in with a password.
+    pub device_name: String,
+    /// The session (device), the encryption keys and the sync state live here; losing it
+    /// means a new device and unreadable history in encrypted rooms.
+    pub data_dir: std::path::PathBuf,
+    /// These users are admins in every room.
+    pub admins: Vec<String>,
+    /// Users with at least this power level in a room are admins there.
+    pub admin_power_level: i64,
+    /// Invites from these users are accepted…
+    pub allowed_users: Vec<String>,
+    /// …and from any user on these servers. Other invites are declined.
+    pub allowed_servers: Vec<String>,
+    /// Messages from these users are never answered (other bots).
+    pub ignored_users: Vec<String>,
+}
+
+impl Default for MatrixConfig {
+    fn default() -> Self {
+        MatrixConfig {
+            enabled: false,
+            homeserver: String::new(),
+            user_id: String::new(),
+            device_name: "poe-relay".into(),
+            data_dir: "data/matrix".into(),
+            admins: Vec::new(),
+            admin_power_level: 50,
+            allowed_users: Vec::new(),
+            allowed_servers: Vec::new(),
+            ignored_users: Vec::new(),
         }
     }
 }
@@ -462,6 +507,38 @@ impl Config {
                 }
             }
         }
+        let matrix = &self.matrix;
+        if matrix.enabled {
+            match reqwest::Url::parse(&matrix.homeserver) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                Ok(_) => problem("matrix.homeserver", "must be an http:// or https:// URL"),
+                Err(_) if matrix.homeserver.is_empty() => problem(
+                    "matrix.homeserver",
+                    "must be set when matrix.enabled is true (e.g. `https://matrix.example.org`)",
+                ),
+                Err(err) => problem("matrix.homeserver", &format!("is not a valid URL ({err})")),
+            }
+            if !is_user_id(&matrix.user_id) {
+                problem(
+                    "matrix.user_id",
+                    "must be the bot's full Matrix id, like `@poe:example.org`",
+                );
+            }
+        }
+        for (key, users) in [
+            ("matrix.admins", &matrix.admins),
+            ("matrix.allowed_users", &matrix.allowed_users),
+            ("matrix.ignored_users", &matrix.ignored_users),
+        ] {
+            for (index, user) in users.iter().enumerate() {
+                if !is_user_id(user) {
+                    problem(
+                        &format!("{key}[{index}]"),
+                        &format!("`{user}` is not a Matrix id; write it like `@alice:example.org`"),
+                    );
+                }
+            }
+        }
         if self
             .log
             .filter
@@ -475,6 +552,15 @@ impl Config {
         }
         problems
     }
+}
+
+/// `@localpart:server`, loosely: enough to catch a missing `@` or server.
+fn is_user_id(id: &str) -> bool {
+    id.strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(local, server)| {
+            !local.is_empty() && !server.is_empty() && !id.contains(char::is_whitespace)
+        })
 }
 
 fn find_secrets(value: &config::Value, path: &str, problems: &mut Vec<ConfigProblem>) {

@@ -1,14 +1,20 @@
 //! The `poe-relay` binary: the daemon and the operator's one-line checks.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use poe_relay::config::Config;
 use poe_relay::core::manager::{Manager, Services};
+use poe_relay::platform::Outbound;
+use poe_relay::platform::matrix::{self, Matrix, session::Credentials};
 use poe_relay::poe::{ModelInfo, PoeClient};
 use poe_relay::secret::{self, ProcessEnv};
 use poe_relay::store::Store;
@@ -115,6 +121,19 @@ fn check_config(config: &Config, path: Option<&Path>) -> Result<()> {
         config.poe.models.len()
     );
     println!("POE_API_KEY: set");
+    if config.matrix.enabled {
+        let session = config.matrix.data_dir.join("session.json");
+        let login = if session.exists() {
+            format!("saved session in {}", session.display())
+        } else if matrix_credentials()?.is_some() {
+            "MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD set (first login)".to_owned()
+        } else {
+            anyhow::bail!(
+                "matrix is enabled but there is no saved session and neither MATRIX_PASSWORD nor MATRIX_ACCESS_TOKEN is set"
+            );
+        };
+        println!("matrix: {} on {} ({login})", config.matrix.user_id, config.matrix.homeserver);
+    }
     Ok(())
 }
 
@@ -132,22 +151,61 @@ async fn run(config: Config) -> Result<()> {
     }
     let store = Store::open(&config.store.path)?;
     let manager = Manager::new(Services::new(config.clone(), client, store.clone()));
-    // Reconciliation and retention run from the start; chat platforms join in later versions.
     let _maintenance = manager.spawn_maintenance();
-    // Listen before announcing the start, so a signal sent right after it is not lost.
+    // Listen before connecting, so a signal sent during start-up is not lost.
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let (stop, shutdown) = watch::channel(false);
+
+    let mut platforms: HashMap<String, Arc<dyn Outbound>> = HashMap::new();
+    let mut matrix = None;
+    if config.matrix.enabled {
+        let connected = Matrix::connect(
+            &config.matrix,
+            matrix_credentials()?,
+            secret::read_optional(&ProcessEnv, "MATRIX_STORE_PASSPHRASE")?.as_ref(),
+        )
+        .await?;
+        platforms.insert(matrix::PLATFORM.into(), connected.outbound());
+        matrix = Some(connected);
+    }
+    if platforms.is_empty() {
+        tracing::warn!("no chat platform is enabled; set matrix.enabled = true in the config");
+    }
+    let recovered = manager.recover(&platforms).await;
+    if recovered > 0 {
+        tracing::info!(recovered, "closed replies interrupted by the last stop");
+    }
+    let mut tasks = Vec::new();
+    if let Some(connected) = matrix {
+        tasks.push(tokio::spawn(connected.run(manager.clone(), shutdown.clone())));
+    }
     tracing::info!(
         base_url = %config.poe.base_url,
-        "poe-relay started; no chat platform is enabled in this version"
+        platforms = ?platforms.keys().collect::<Vec<_>>(),
+        "poe-relay started"
     );
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
     tracing::info!("shutting down");
+    let _ = stop.send(true);
+    for task in tasks {
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("a platform did not stop within 5 s");
+        }
+    }
     store.flush().await?;
     Ok(())
+}
+
+/// The Matrix login secret for a first start; a saved session needs none.
+fn matrix_credentials() -> Result<Option<Credentials>> {
+    if let Some(token) = secret::read_optional(&ProcessEnv, "MATRIX_ACCESS_TOKEN")? {
+        return Ok(Some(Credentials::AccessToken(token)));
+    }
+    Ok(secret::read_optional(&ProcessEnv, "MATRIX_PASSWORD")?.map(Credentials::Password))
 }
 
 async fn models(config: Config) -> Result<()> {

@@ -21,7 +21,9 @@ use super::reconcile;
 use super::render::split::split;
 use super::render::stream::{ChannelPacer, Ending, Renderer, Target};
 use crate::config::Config;
-use crate::platform::{ChannelKey, Inbound, Invocation, MessageId, OutMessage, Outbound};
+use crate::platform::{
+    ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound,
+};
 use crate::poe::{ChatMessage, ChatRequest, InputFile, PoeClient, PoeError, PoeEvent, Role, Usage};
 use crate::store::{ChannelSettings, InflightReply, Store, Turn, TurnRole};
 
@@ -377,6 +379,7 @@ impl Manager {
         }
         let mut answer = String::new();
         let mut usage: Option<Usage> = None;
+        let mut files: Vec<OutFile> = Vec::new();
         let mut failure: Option<PoeError> = None;
         let mut stream = services.poe.stream(request);
         while let Some(item) = stream.next().await {
@@ -387,6 +390,11 @@ impl Manager {
                     text
                 }
                 Ok(PoeEvent::File(file)) => {
+                    files.push(OutFile {
+                        name: file.name.clone(),
+                        content_type: file.content_type.clone(),
+                        url: file.url.clone(),
+                    });
                     let separator = if answer.is_empty() { "" } else { "\n" };
                     if file.content_type.starts_with("image/") {
                         format!("{separator}![{}]({})", file.name, file.url)
@@ -424,6 +432,15 @@ impl Manager {
             (None, false) => Ending::Complete,
         };
         let report = renderer.finish(ending).await;
+        for file in &files {
+            if let Err(err) = out
+                .send_file(channel, file, Some(&inbound.event_id))
+                .await
+            {
+                // The answer's text links to the file, so the user still has it.
+                tracing::warn!(channel = %channel, %err, "cannot post a file from the answer");
+            }
+        }
 
         if !answer.is_empty() {
             let bot_turn = Turn {

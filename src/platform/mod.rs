@@ -5,6 +5,7 @@
 //! here, was the bot addressed, what are the length and edit limits) and nothing else.
 //! [`memory`] is a platform that lives in memory, for tests and benchmarks.
 
+pub mod matrix;
 pub mod memory;
 
 use std::fmt;
@@ -100,6 +101,14 @@ pub struct OutMessage {
     pub private: bool,
 }
 
+/// A file a model produced (an image bot's picture), at a URL Poe serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFile {
+    pub name: String,
+    pub content_type: String,
+    pub url: String,
+}
+
 /// What a platform allows. The renderer stays inside these so the platform never has to
 /// rate-limit the bot in normal use.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,4 +150,14 @@ pub trait Outbound: Send + Sync {
         text: &str,
     ) -> Result<(), PlatformError>;
     async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError>;
+    /// Posts a file from a model's answer. The answer's text already links to it, so a
+    /// platform that cannot carry files keeps this default and posts nothing.
+    async fn send_file(
+        &self,
+        _channel: &ChannelKey,
+        _file: &OutFile,
+        _reply_to: Option<&str>,
+    ) -> Result<Option<MessageId>, PlatformError> {
+        Ok(None)
+    }
 }

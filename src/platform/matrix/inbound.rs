@@ -1,0 +1,394 @@
+//! Matrix events in, [`Inbound`]s out: room messages for the core, and invites.
+//!
+//! Messages are translated one room at a time, in the order the homeserver sent them (a
+//! worker per room), so fetching a file for one message cannot let the next overtake it,
+//! and a slow room never holds up the sync loop or other rooms.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use matrix_sdk::deserialized_responses::TimelineEvent;
+use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+use matrix_sdk::ruma::events::room::MediaSource;
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
+use matrix_sdk::ruma::events::room::message::{
+    MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
+};
+use matrix_sdk::ruma::events::room::power_levels::UserPowerLevel;
+use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent};
+use matrix_sdk::ruma::{Int, OwnedRoomId, UserId};
+use matrix_sdk::{Client, Room, RoomState};
+use tokio::sync::mpsc;
+
+use super::outbound::MatrixOutbound;
+use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
+use crate::config::MatrixConfig;
+use crate::core::manager::Manager;
+use crate::platform::{
+    ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound,
+};
+use crate::poe::FileSource;
+
+/// The platform name in channel keys and ledger entries.
+pub const PLATFORM: &str = "matrix";
+
+/// Takes the events the sync loop hands over.
+pub struct Receiver {
+    manager: Manager,
+    out: Arc<MatrixOutbound>,
+    config: MatrixConfig,
+    names: BotNames,
+    max_attachment_bytes: u64,
+    started_ms: i64,
+    rooms: Mutex<HashMap<OwnedRoomId, mpsc::UnboundedSender<OriginalSyncRoomMessageEvent>>>,
+}
+
+/// A file on a message, before it is fetched.
+struct MediaRef {
+    source: MediaSource,
+    name: String,
+    content_type: String,
+    declared_size: Option<u64>,
+}
+
+impl Receiver {
+    pub fn new(
+        manager: Manager,
+        out: Arc<MatrixOutbound>,
+        config: MatrixConfig,
+        names: BotNames,
+        started_ms: i64,
+    ) -> Receiver {
+        let max_attachment_bytes = manager.services().config.chat.max_attachment_bytes;
+        Receiver {
+            manager,
+            out,
+            config,
+            names,
+            max_attachment_bytes,
+            started_ms,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Called by the sync loop for every room message; returns at once.
+    pub fn accept(self: &Arc<Self>, event: OriginalSyncRoomMessageEvent, room: Room) {
+        if room.state() != RoomState::Joined
+            || event.sender.as_str() == self.names.user_id
+            || self.config.ignored_users.iter().any(|user| user == event.sender.as_str())
+        {
+            return;
+        }
+        let timestamp_ms = i64::from(event.origin_server_ts.0);
+        if timestamp_ms < self.started_ms {
+            tracing::debug!(event = %event.event_id, "ignoring an event from before the start");
+            return;
+        }
+        let mut rooms = self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let event = match rooms.get(room.room_id()) {
+            Some(queue) => match queue.send(event) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(event)) => event,
+            },
+            None => event,
+        };
+        let (sender, mut queue) = mpsc::unbounded_channel();
+        let receiver = self.clone();
+        let worker_room = room.clone();
+        tokio::spawn(async move {
+            while let Some(event) = queue.recv().await {
+                receiver.process(event, &worker_room).await;
+            }
+        });
+        // The worker holds the other end: this cannot fail.
+        let _ = sender.send(event);
+        rooms.insert(room.room_id().to_owned(), sender);
+    }
+
+    async fn process(&self, event: OriginalSyncRoomMessageEvent, room: &Room) {
+        let event_id = event.event_id.to_string();
+        let Some(inbound) = self.translate(event, room).await else {
+            return;
+        };
+        let disposition = self
+            .manager
+            .handle(inbound, self.out.clone() as Arc<dyn Outbound>)
+            .await;
+        tracing::debug!(event = %event_id, ?disposition, "matrix event handled");
+    }
+
+    async fn translate(&self, event: OriginalSyncRoomMessageEvent, room: &Room) -> Option<Inbound> {
+        let content = event.content;
+        let (body, own_file) = match &content.msgtype {
+            MessageType::Text(text) => (text.body.clone(), None),
+            MessageType::Emote(emote) => (emote.body.clone(), None),
+            MessageType::Image(image) => (
+                caption(&image.body, image.filename.as_deref()),
+                Some(MediaRef {
+                    source: image.source.clone(),
+                    name: file_name(&image.body, image.filename.as_deref()),
+                    content_type: image
+                        .info
+                        .as_ref()
+                        .and_then(|info| info.mimetype.clone())
+                        .unwrap_or_else(|| "image/png".into()),
+                    declared_size: image
+                        .info
+                        .as_ref()
+                        .and_then(|info| info.size)
+                        .map(u64::from),
+                }),
+            ),
+            MessageType::File(file) => (
+                caption(&file.body, file.filename.as_deref()),
+                Some(MediaRef {
+                    source: file.source.clone(),
+                    name: file_name(&file.body, file.filename.as_deref()),
+                    content_type: file
+                        .info
+                        .as_ref()
+                        .and_then(|info| info.mimetype.clone())
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    declared_size: file.info.as_ref().and_then(|info| info.size).map(u64::from),
+                }),
+            ),
+            // Notices are what bots send; answering them invites loops.
+            _ => return None,
+        };
+        let (thread_root, replied_to) = match &content.relates_to {
+            // An edit of an earlier message is not a new question.
+            Some(Relation::Replacement(_)) => return None,
+            Some(Relation::Reply(reply)) => (None, Some(reply.in_reply_to.event_id.clone())),
+            Some(Relation::Thread(thread)) => (
+                Some(thread.event_id.to_string()),
+                thread
+                    .in_reply_to
+                    .as_ref()
+                    .filter(|_| !thread.is_falling_back)
+                    .map(|reply| reply.event_id.clone()),
+            ),
+            _ => (None, None),
+        };
+        let body = if replied_to.is_some() {
+            strip_reply_fallback(&body).to_owned()
+        } else {
+            body
+        };
+        let addressing = Addressing {
+            mentions_bot: mentions(&content, &self.names.user_id),
+            is_direct: room.active_members_count() <= 2,
+        };
+        let (invocation, text) = classify(&body, &self.names, addressing)?;
+
+        let mut channel = ChannelKey::new(PLATFORM, room.room_id().as_str());
+        if let Some(root) = &thread_root {
+            channel = channel.in_thread(root);
+        }
+        let member = room.get_member(&event.sender).await.ok().flatten();
+        let threshold = UserPowerLevel::Int(Int::new_saturating(self.config.admin_power_level));
+        let is_admin = self
+            .config
+            .admins
+            .iter()
+            .any(|admin| admin == event.sender.as_str())
+            || member
+                .as_ref()
+                .is_some_and(|member| member.power_level() >= threshold);
+        let user_name = member
+            .as_ref()
+            .and_then(|member| member.display_name().map(str::to_owned))
+            .unwrap_or_else(|| event.sender.localpart().to_owned());
+        let mut inbound = Inbound {
+            channel,
+            user_id: event.sender.to_string(),
+            user_name,
+            is_admin,
+            is_group: room.active_members_count() > 2,
+            invocation,
+            text,
+            attachments: Vec::new(),
+            event_id: event.event_id.to_string(),
+            timestamp_ms: i64::from(event.origin_server_ts.0),
+        };
+        if invocation == Invocation::Message {
+            let file = match (own_file, &replied_to) {
+                (Some(file), _) => Some(file),
+                (None, Some(replied_to)) => match room.event(replied_to, None).await {
+                    Ok(replied) => media_of(&replied),
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot fetch the message replied to");
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            if let Some(file) = file {
+                match self.fetch(room, file).await {
+                    Ok(file) => inbound.attachments.push(file),
+                    Err(reason) => {
+                        tracing::warn!(%reason, "cannot fetch an attachment");
+                        self.tell(&inbound, format!("The bot could not fetch your file: {reason}. Send it again, or ask without it."))
+                            .await;
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(inbound)
+    }
+
+    /// Downloads (and decrypts) a file, unless it is over the limit: then the core tells the
+    /// user how large it may be.
+    async fn fetch(&self, room: &Room, file: MediaRef) -> Result<InboundFile, String> {
+        let oversized = |size: u64| InboundFile {
+            name: file.name.clone(),
+            content_type: file.content_type.clone(),
+            size,
+            source: FileSource::Bytes(bytes::Bytes::new()),
+        };
+        if let Some(size) = file.declared_size.filter(|size| *size > self.max_attachment_bytes) {
+            return Ok(oversized(size));
+        }
+        let request = MediaRequestParameters {
+            source: file.source.clone(),
+            format: MediaFormat::File,
+        };
+        let data = room
+            .client()
+            .media()
+            .get_media_content(&request, false)
+            .await
+            .map_err(|err| format!("the homeserver did not hand it over ({err})"))?;
+        let size = data.len() as u64;
+        if size > self.max_attachment_bytes {
+            return Ok(oversized(size));
+        }
+        Ok(InboundFile {
+            name: file.name,
+            content_type: file.content_type,
+            size,
+            source: FileSource::Bytes(data.into()),
+        })
+    }
+
+    async fn tell(&self, inbound: &Inbound, text: String) {
+        let message = OutMessage {
+            text,
+            reply_to: Some(inbound.event_id.clone()),
+            private: false,
+        };
+        if let Err(err) = self.out.send(&inbound.channel, message).await {
+            tracing::warn!(%err, "cannot tell the user");
+        }
+    }
+}
+
+fn mentions(content: &RoomMessageEventContent, user_id: &str) -> bool {
+    content
+        .mentions
+        .as_ref()
+        .is_some_and(|mentions| mentions.user_ids.iter().any(|user| user.as_str() == user_id))
+}
+
+/// A media message's caption: its body when a separate file name is given.
+fn caption(body: &str, filename: Option<&str>) -> String {
+    match filename {
+        Some(name) if name != body => body.to_owned(),
+        _ => String::new(),
+    }
+}
+
+fn file_name(body: &str, filename: Option<&str>) -> String {
+    let name = filename.unwrap_or(body).trim();
+    if name.is_empty() {
+        "attachment".into()
+    } else {
+        name.chars().take(200).collect()
+    }
+}
+
+/// The file of an image or file message fetched by id.
+fn media_of(event: &TimelineEvent) -> Option<MediaRef> {
+    let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+        SyncMessageLikeEvent::Original(message),
+    ))) = event.raw().deserialize()
+    else {
+        return None;
+    };
+    match message.content.msgtype {
+        MessageType::Image(image) => Some(MediaRef {
+            name: file_name(&image.body, image.filename.as_deref()),
+            content_type: image
+                .info
+                .as_ref()
+                .and_then(|info| info.mimetype.clone())
+                .unwrap_or_else(|| "image/png".into()),
+            declared_size: image.info.as_ref().and_then(|info| info.size).map(u64::from),
+            source: image.source,
+        }),
+        MessageType::File(file) => Some(MediaRef {
+            name: file_name(&file.body, file.filename.as_deref()),
+            content_type: file
+                .info
+                .as_ref()
+                .and_then(|info| info.mimetype.clone())
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            declared_size: file.info.as_ref().and_then(|info| info.size).map(u64::from),
+            source: file.source,
+        }),
+        _ => None,
+    }
+}
+
+/// Whether an invite from `inviter` is accepted: configured users and servers, and admins.
+pub fn invite_allowed(config: &MatrixConfig, inviter: &UserId) -> bool {
+    let id = inviter.as_str();
+    config.admins.iter().any(|user| user == id)
+        || config.allowed_users.iter().any(|user| user == id)
+        || config
+            .allowed_servers
+            .iter()
+            .any(|server| server.eq_ignore_ascii_case(inviter.server_name().as_str()))
+}
+
+/// Joins or declines an invite to the bot.
+pub async fn answer_invite(config: &MatrixConfig, room: Room, inviter: &UserId) {
+    if !invite_allowed(config, inviter) {
+        tracing::info!(room = %room.room_id(), %inviter, "declining an invite from a user not in matrix.allowed_users or allowed_servers");
+        if let Err(err) = room.leave().await {
+            tracing::warn!(%err, "cannot decline the invite");
+        }
+        return;
+    }
+    // A homeserver may announce the invite before it can be acted on; try a few times.
+    let mut delay = std::time::Duration::from_millis(500);
+    for attempt in 1..=5 {
+        match room.join().await {
+            Ok(()) => {
+                tracing::info!(room = %room.room_id(), %inviter, "joined a room");
+                return;
+            }
+            Err(err) if attempt < 5 => {
+                tracing::debug!(%err, attempt, "cannot join yet");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot join a room"),
+        }
+    }
+}
+
+/// The invite handler's filter: invites of the bot itself.
+pub fn is_own_invite(event: &StrippedRoomMemberEvent, own: &UserId) -> bool {
+    event.state_key == own && event.content.membership == MembershipState::Invite
+}
+
+/// Answers invites that arrived while the bot was away.
+pub async fn answer_pending_invites(client: &Client, config: &MatrixConfig) {
+    for room in client.invited_rooms() {
+        match room.invite_details().await {
+            Ok(invite) => answer_invite(config, room, &invite.inviter_id).await,
+            Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot read an invite"),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The core's [`Outbound`] calls as Matrix events: messages, `m.replace` edits, typing
+//! notices and files.
+//!
+//! Sends are made without matrix-sdk's own retries: an `M_LIMIT_EXCEEDED` goes back to the
+//! renderer as [`PlatformError::RateLimited`] with the server's `retry_after_ms`, so the
+//! renderer paces the channel instead of stacking hidden retries under it.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use matrix_sdk::config::RequestConfig;
+use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
+use matrix_sdk::ruma::{OwnedRoomId, RoomId};
+use matrix_sdk::{Client, Room};
+use serde_json::{Value, json};
+
+use super::content::{self, MAX_CONTENT_BYTES, Relation};
+use crate::core::render::split::LengthUnit;
+use crate::platform::{ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlatformError};
+
+/// Longest message, in UTF-8 bytes. An edit carries the text twice plus its HTML, and
+/// encryption adds a third; this keeps every event well under Matrix's 64 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 8_000;
+
+/// Largest file the bot downloads from a model's answer to post into a room.
+const MAX_FILE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Sends into the rooms of one logged-in client.
+#[derive(Clone)]
+pub struct MatrixOutbound {
+    client: Client,
+    downloads: reqwest::Client,
+}
+
+impl MatrixOutbound {
+    pub fn new(client: Client) -> MatrixOutbound {
+        let downloads = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
+        MatrixOutbound { client, downloads }
+    }
+
+    fn room(&self, channel: &ChannelKey) -> Result<Room, PlatformError> {
+        let room_id: OwnedRoomId = RoomId::parse(&channel.channel).map_err(|_| PlatformError::Failed {
+            detail: format!("`{}` is not a Matrix room id", channel.channel),
+        })?;
+        self.client
+            .get_room(&room_id)
+            .ok_or_else(|| PlatformError::Failed {
+                detail: format!("the bot is not in room {room_id}"),
+            })
+    }
+
+    async fn send_content(&self, room: &Room, content: Value) -> Result<MessageId, PlatformError> {
+        if content::encoded_len(&content) > MAX_CONTENT_BYTES * 3 / 2 {
+            return Err(PlatformError::Failed {
+                detail: "the message is too large for one Matrix event".into(),
+            });
+        }
+        let sent = room
+            .send_raw("m.room.message", content)
+            .with_request_config(RequestConfig::new().disable_retry())
+            .await
+            .map_err(platform_error)?;
+        Ok(MessageId(sent.response.event_id.to_string()))
+    }
+
+    async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("not an http(s) URL".into());
+        }
+        let mut response = self
+            .downloads
+            .get(parsed)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|err| err.without_url().to_string())?;
+        let mut data = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| err.without_url().to_string())?
+        {
+            if data.len() + chunk.len() > MAX_FILE_BYTES {
+                return Err(format!("larger than {} MB", MAX_FILE_BYTES >> 20));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data)
+    }
+}
+
+/// Turns a matrix-sdk error into what the renderer acts on.
+pub fn platform_error(err: matrix_sdk::Error) -> PlatformError {
+    if let Some(ErrorKind::LimitExceeded(limit)) = err.client_api_error_kind() {
+        let retry_after = match &limit.retry_after {
+            Some(RetryAfter::Delay(delay)) => *delay,
+            Some(RetryAfter::DateTime(at)) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+            None => Duration::from_secs(1),
+        };
+        return PlatformError::RateLimited { retry_after };
+    }
+    PlatformError::Failed {
+        detail: err.to_string(),
+    }
+}
+
+#[async_trait]
+impl Outbound for MatrixOutbound {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_message_len: MAX_MESSAGE_BYTES,
+            length_unit: LengthUnit::Utf8Bytes,
+            min_edit_interval: Duration::from_millis(1000),
+            min_channel_interval: Duration::from_millis(250),
+            // Every edit is an event the room keeps forever and clients load.
+            max_edits_per_message: Some(60),
+            // matrix-sdk announces typing for 4 s at a time.
+            typing_interval: Duration::from_secs(3),
+        }
+    }
+
+    async fn send(
+        &self,
+        channel: &ChannelKey,
+        message: OutMessage,
+    ) -> Result<MessageId, PlatformError> {
+        let room = self.room(channel)?;
+        let relation = Relation {
+            reply_to: message.reply_to.as_deref(),
+            thread_root: channel.thread.as_deref(),
+        };
+        self.send_content(&room, content::message(&message.text, &relation))
+            .await
+    }
+
+    async fn edit(
+        &self,
+        channel: &ChannelKey,
+        message: &MessageId,
+        text: &str,
+    ) -> Result<(), PlatformError> {
+        let room = self.room(channel)?;
+        self.send_content(&room, content::edit(&message.0, text))
+            .await
+            .map(|_| ())
+    }
+
+    async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError> {
+        let room = self.room(channel)?;
+        room.typing_notice(true).await.map_err(platform_error)
+    }
+
+    async fn send_file(
+        &self,
+        channel: &ChannelKey,
+        file: &OutFile,
+        reply_to: Option<&str>,
+    ) -> Result<Option<MessageId>, PlatformError> {
+        let room = self.room(channel)?;
+        let data = self
+            .download(&file.url)
+            .await
+            .map_err(|reason| PlatformError::Failed {
+                detail: format!("cannot fetch {} from the model's answer: {reason}", file.name),
+            })?;
+        let mime: mime::Mime = file
+            .content_type
+            .parse()
+            .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+        let msgtype = match mime.type_() {
+            mime::IMAGE => "m.image",
+            mime::VIDEO => "m.video",
+            mime::AUDIO => "m.audio",
+            _ => "m.file",
+        };
+        let size = data.len();
+        let mut content = json!({
+            "msgtype": msgtype,
+            "body": file.name,
+            "filename": file.name,
+            "info": { "mimetype": mime.essence_str(), "size": size },
+            "m.mentions": {},
+        });
+        if room.encryption_state().is_encrypted() {
+            let mut reader = std::io::Cursor::new(data);
+            let encrypted = self
+                .client
+                .upload_encrypted_file(&mut reader)
+                .await
+                .map_err(platform_error)?;
+            content["file"] = serde_json::to_value(encrypted).map_err(|err| PlatformError::Failed {
+                detail: err.to_string(),
+            })?;
+        } else {
+            let uploaded = self
+                .client
+                .media()
+                .upload(&mime, data, None)
+                .await
+                .map_err(platform_error)?;
+            content["url"] = uploaded.content_uri.to_string().into();
+        }
+        let relation = Relation {
+            reply_to,
+            thread_root: channel.thread.as_deref(),
+        };
+        if let Value::Object(relates) = content::message("", &relation)
+            && let Some(relates_to) = relates.get("m.relates_to")
+        {
+            content["m.relates_to"] = relates_to.clone();
+        }
+        self.send_content(&room, content).await.map(Some)
+    }
+}
