@@ -11,8 +11,11 @@ pub fn init(config: &LogConfig) {
         .and_then(|value| value.parse::<EnvFilter>().ok())
         .or_else(|| config.filter.parse::<EnvFilter>().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal; in files and journals they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests, embedding) keeps the first subscriber; that is harmless.
     let _ = match config.format {

@@ -132,7 +132,10 @@ fn check_config(config: &Config, path: Option<&Path>) -> Result<()> {
                 "matrix is enabled but there is no saved session and neither MATRIX_PASSWORD nor MATRIX_ACCESS_TOKEN is set"
             );
         };
-        println!("matrix: {} on {} ({login})", config.matrix.user_id, config.matrix.homeserver);
+        println!(
+            "matrix: {} on {} ({login})",
+            config.matrix.user_id, config.matrix.homeserver
+        );
     }
     Ok(())
 }
@@ -178,7 +181,9 @@ async fn run(config: Config) -> Result<()> {
     }
     let mut tasks = Vec::new();
     if let Some(connected) = matrix {
-        tasks.push(tokio::spawn(connected.run(manager.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(
+            connected.run(manager.clone(), shutdown.clone()),
+        ));
     }
     tracing::info!(
         base_url = %config.poe.base_url,
@@ -192,7 +197,10 @@ async fn run(config: Config) -> Result<()> {
     tracing::info!("shutting down");
     let _ = stop.send(true);
     for task in tasks {
-        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
             tracing::warn!("a platform did not stop within 5 s");
         }
     }

@@ -2,19 +2,29 @@
 # The whole test suite, from a fresh clone on a fresh machine.
 #
 # Installs the Python reference clients (fastapi-poe, openai; pinned in
-# tests/python/requirements.txt, from PyPI) into target/py-venv once, then runs every Rust
-# test. Extra arguments go to `cargo test` (e.g. `tests/run.sh --test poe_client`).
+# tests/python/requirements.txt, from PyPI) into target/py-venv once, and Synapse, the Matrix
+# homeserver the Matrix tests run against (pinned in tests/python/synapse-requirements.txt),
+# into target/synapse-venv once, then runs every Rust test. Extra arguments go to `cargo test`
+# (e.g. `tests/run.sh --test poe_client`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/py-venv
-requirements=tests/python/requirements.txt
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-requirements"; then
-  echo "installing the Python reference clients into $venv" >&2
-  python3 -m venv --clear "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$venv/.installed-requirements"
-fi
-export POE_RELAY_TEST_PYTHON="$PWD/$venv/bin/python"
+# install_venv VENV REQUIREMENTS WHAT: (re)creates VENV from REQUIREMENTS unless it was last
+# built from exactly that file.
+install_venv() {
+  local venv=$1 requirements=$2 what=$3
+  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-requirements"; then
+    echo "installing $what into $venv" >&2
+    python3 -m venv --clear "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$venv/.installed-requirements"
+  fi
+}
+
+install_venv target/py-venv tests/python/requirements.txt "the Python reference clients"
+export POE_RELAY_TEST_PYTHON="$PWD/target/py-venv/bin/python"
+
+install_venv target/synapse-venv tests/python/synapse-requirements.txt "Synapse"
+export POE_RELAY_TEST_SYNAPSE="$PWD/target/synapse-venv/bin/python"
 
 cargo test --locked --no-fail-fast "$@"

@@ -21,9 +21,7 @@ use super::reconcile;
 use super::render::split::split;
 use super::render::stream::{ChannelPacer, Ending, Renderer, Target};
 use crate::config::Config;
-use crate::platform::{
-    ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound,
-};
+use crate::platform::{ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound};
 use crate::poe::{ChatMessage, ChatRequest, InputFile, PoeClient, PoeError, PoeEvent, Role, Usage};
 use crate::store::{ChannelSettings, InflightReply, Store, Turn, TurnRole};
 
@@ -433,10 +431,7 @@ impl Manager {
         };
         let report = renderer.finish(ending).await;
         for file in &files {
-            if let Err(err) = out
-                .send_file(channel, file, Some(&inbound.event_id))
-                .await
-            {
+            if let Err(err) = out.send_file(channel, file, Some(&inbound.event_id)).await {
                 // The answer's text links to the file, so the user still has it.
                 tracing::warn!(channel = %channel, %err, "cannot post a file from the answer");
             }

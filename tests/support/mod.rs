@@ -2,6 +2,10 @@
 //! fixtures, and the Python reference clients.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod bot_process;
+pub mod matrix_human;
+pub mod synapse;
+
 use std::path::PathBuf;
 
 use poe_relay::config::PoeConfig;

@@ -15,18 +15,18 @@ use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::room::power_levels::UserPowerLevel;
-use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent};
+use matrix_sdk::ruma::events::{
+    AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+};
 use matrix_sdk::ruma::{Int, OwnedRoomId, UserId};
-use matrix_sdk::{Client, Room, RoomState};
+use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 use tokio::sync::mpsc;
 
 use super::outbound::MatrixOutbound;
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
 use crate::config::MatrixConfig;
 use crate::core::manager::Manager;
-use crate::platform::{
-    ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound,
-};
+use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound};
 use crate::poe::FileSource;
 
 /// The platform name in channel keys and ledger entries.
@@ -75,7 +75,11 @@ impl Receiver {
     pub fn accept(self: &Arc<Self>, event: OriginalSyncRoomMessageEvent, room: Room) {
         if room.state() != RoomState::Joined
             || event.sender.as_str() == self.names.user_id
-            || self.config.ignored_users.iter().any(|user| user == event.sender.as_str())
+            || self
+                .config
+                .ignored_users
+                .iter()
+                .any(|user| user == event.sender.as_str())
         {
             return;
         }
@@ -84,7 +88,10 @@ impl Receiver {
             tracing::debug!(event = %event.event_id, "ignoring an event from before the start");
             return;
         }
-        let mut rooms = self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rooms = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let event = match rooms.get(room.room_id()) {
             Some(queue) => match queue.send(event) {
                 Ok(()) => return,
@@ -174,9 +181,10 @@ impl Receiver {
         } else {
             body
         };
+        let members = active_members(room).await;
         let addressing = Addressing {
             mentions_bot: mentions(&content, &self.names.user_id),
-            is_direct: room.active_members_count() <= 2,
+            is_direct: members <= 2,
         };
         let (invocation, text) = classify(&body, &self.names, addressing)?;
 
@@ -203,7 +211,7 @@ impl Receiver {
             user_id: event.sender.to_string(),
             user_name,
             is_admin,
-            is_group: room.active_members_count() > 2,
+            is_group: members > 2,
             invocation,
             text,
             attachments: Vec::new(),
@@ -246,7 +254,10 @@ impl Receiver {
             size,
             source: FileSource::Bytes(bytes::Bytes::new()),
         };
-        if let Some(size) = file.declared_size.filter(|size| *size > self.max_attachment_bytes) {
+        if let Some(size) = file
+            .declared_size
+            .filter(|size| *size > self.max_attachment_bytes)
+        {
             return Ok(oversized(size));
         }
         let request = MediaRequestParameters {
@@ -283,11 +294,25 @@ impl Receiver {
     }
 }
 
+/// People in the room (joined or invited), the bot included. The sync's room summary can
+/// lag behind joins, so the member list is loaded (once per room, then kept current by sync).
+async fn active_members(room: &Room) -> u64 {
+    match room.members(RoomMemberships::ACTIVE).await {
+        Ok(members) => members.len() as u64,
+        Err(err) => {
+            tracing::debug!(%err, "cannot load the member list; using the room summary");
+            room.active_members_count()
+        }
+    }
+}
+
 fn mentions(content: &RoomMessageEventContent, user_id: &str) -> bool {
-    content
-        .mentions
-        .as_ref()
-        .is_some_and(|mentions| mentions.user_ids.iter().any(|user| user.as_str() == user_id))
+    content.mentions.as_ref().is_some_and(|mentions| {
+        mentions
+            .user_ids
+            .iter()
+            .any(|user| user.as_str() == user_id)
+    })
 }
 
 /// A media message's caption: its body when a separate file name is given.
@@ -323,7 +348,11 @@ fn media_of(event: &TimelineEvent) -> Option<MediaRef> {
                 .as_ref()
                 .and_then(|info| info.mimetype.clone())
                 .unwrap_or_else(|| "image/png".into()),
-            declared_size: image.info.as_ref().and_then(|info| info.size).map(u64::from),
+            declared_size: image
+                .info
+                .as_ref()
+                .and_then(|info| info.size)
+                .map(u64::from),
             source: image.source,
         }),
         MessageType::File(file) => Some(MediaRef {

@@ -85,8 +85,12 @@ impl Matrix {
             .map(|device| device.to_string())
             .unwrap_or_default();
         match origin {
-            Origin::Restored => tracing::info!(user = %config.user_id, %device, "matrix: restored the saved session"),
-            Origin::LoggedIn => tracing::info!(user = %config.user_id, %device, "matrix: logged in as a new device"),
+            Origin::Restored => {
+                tracing::info!(user = %config.user_id, %device, "matrix: restored the saved session")
+            }
+            Origin::LoggedIn => {
+                tracing::info!(user = %config.user_id, %device, "matrix: logged in as a new device")
+            }
         }
         let response = client
             .sync_once(SyncSettings::default())

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use super::content::{self, MAX_CONTENT_BYTES, Relation};
 use crate::core::render::split::LengthUnit;
-use crate::platform::{ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlatformError};
+use crate::platform::{
+    ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlatformError,
+};
 
 /// Longest message, in UTF-8 bytes. An edit carries the text twice plus its HTML, and
 /// encryption adds a third; this keeps every event well under Matrix's 64 KiB.
@@ -42,9 +44,10 @@ impl MatrixOutbound {
     }
 
     fn room(&self, channel: &ChannelKey) -> Result<Room, PlatformError> {
-        let room_id: OwnedRoomId = RoomId::parse(&channel.channel).map_err(|_| PlatformError::Failed {
-            detail: format!("`{}` is not a Matrix room id", channel.channel),
-        })?;
+        let room_id: OwnedRoomId =
+            RoomId::parse(&channel.channel).map_err(|_| PlatformError::Failed {
+                detail: format!("`{}` is not a Matrix room id", channel.channel),
+            })?;
         self.client
             .get_room(&room_id)
             .ok_or_else(|| PlatformError::Failed {
@@ -167,7 +170,10 @@ impl Outbound for MatrixOutbound {
             .download(&file.url)
             .await
             .map_err(|reason| PlatformError::Failed {
-                detail: format!("cannot fetch {} from the model's answer: {reason}", file.name),
+                detail: format!(
+                    "cannot fetch {} from the model's answer: {reason}",
+                    file.name
+                ),
             })?;
         let mime: mime::Mime = file
             .content_type
@@ -194,9 +200,10 @@ impl Outbound for MatrixOutbound {
                 .upload_encrypted_file(&mut reader)
                 .await
                 .map_err(platform_error)?;
-            content["file"] = serde_json::to_value(encrypted).map_err(|err| PlatformError::Failed {
-                detail: err.to_string(),
-            })?;
+            content["file"] =
+                serde_json::to_value(encrypted).map_err(|err| PlatformError::Failed {
+                    detail: err.to_string(),
+                })?;
         } else {
             let uploaded = self
                 .client

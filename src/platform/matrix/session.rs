@@ -72,10 +72,13 @@ pub async fn open(
             .await
             .map_err(|err| MatrixError::Login(err.to_string()))?;
         // The token may have been revoked while the bot was away.
-        client.whoami().await.map_err(|err| MatrixError::SessionRejected {
-            path: path.display().to_string(),
-            reason: err.to_string(),
-        })?;
+        client
+            .whoami()
+            .await
+            .map_err(|err| MatrixError::SessionRejected {
+                path: path.display().to_string(),
+                reason: err.to_string(),
+            })?;
         return Ok((client, Origin::Restored));
     }
 
@@ -182,7 +185,8 @@ async fn whoami(
         .map_err(|err| MatrixError::Login(err.without_url().to_string()))?;
     let device_id = who.device_id.ok_or_else(|| {
         MatrixError::Login(
-            "MATRIX_ACCESS_TOKEN has no device; create it with a normal login, not an appservice".into(),
+            "MATRIX_ACCESS_TOKEN has no device; create it with a normal login, not an appservice"
+                .into(),
         )
     })?;
     Ok((who.user_id, device_id))

@@ -36,7 +36,11 @@ pub struct Addressing {
 
 /// Decides what `text` asks of the bot, if anything: the invocation and the text the core
 /// gets (the command after `poe`, or the question without the bot's name).
-pub fn classify(text: &str, names: &BotNames, addressing: Addressing) -> Option<(Invocation, String)> {
+pub fn classify(
+    text: &str,
+    names: &BotNames,
+    addressing: Addressing,
+) -> Option<(Invocation, String)> {
     let trimmed = text.trim();
     let (named, rest) = match strip_name(trimmed, names) {
         Some(rest) => (true, rest),
@@ -77,7 +81,11 @@ fn strip_command_prefix(text: &str) -> Option<&str> {
 /// The text after a leading "name:" / "name," / "@user:server" address, trimmed.
 fn strip_name<'t>(text: &'t str, names: &BotNames) -> Option<&'t str> {
     let mut candidates = vec![names.user_id.as_str(), names.localpart()];
-    if let Some(display) = names.display_name.as_deref().filter(|name| !name.is_empty()) {
+    if let Some(display) = names
+        .display_name
+        .as_deref()
+        .filter(|name| !name.is_empty())
+    {
         candidates.push(display);
     }
     // Longest first, so `@poe:example.org` is not read as `@poe` + `:example.org`.
@@ -150,7 +158,12 @@ mod tests {
 
     #[test]
     fn commands_with_either_prefix() {
-        for text in ["!poe balance", "/poe balance", "!POE  balance ", "  !poe\tbalance"] {
+        for text in [
+            "!poe balance",
+            "/poe balance",
+            "!POE  balance ",
+            "  !poe\tbalance",
+        ] {
             assert_eq!(
                 classify_in_group(text),
                 Some((Invocation::Command, "balance".into())),
@@ -242,7 +255,10 @@ mod tests {
             classify("hello", &names(), direct),
             Some((Invocation::Message, "hello".into()))
         );
-        assert_eq!(classify("   ", &names(), direct), Some((Invocation::Command, "help".into())));
+        assert_eq!(
+            classify("   ", &names(), direct),
+            Some((Invocation::Command, "help".into()))
+        );
     }
 
     #[test]
@@ -251,8 +267,14 @@ mod tests {
             strip_reply_fallback("> <@a:x> earlier\n> more\n\nPoe Bot: and now?"),
             "Poe Bot: and now?"
         );
-        assert_eq!(strip_reply_fallback("> a quote I wrote"), "> a quote I wrote");
+        assert_eq!(
+            strip_reply_fallback("> a quote I wrote"),
+            "> a quote I wrote"
+        );
         assert_eq!(strip_reply_fallback("plain"), "plain");
-        assert_eq!(strip_reply_fallback("> q\nnot a fallback"), "> q\nnot a fallback");
+        assert_eq!(
+            strip_reply_fallback("> q\nnot a fallback"),
+            "> q\nnot a fallback"
+        );
     }
 }

@@ -1,0 +1,690 @@
+//! The Matrix adapter end to end: a real Synapse on 127.0.0.1, the real `poe-relay` binary
+//! logged in as the bot, the fake Poe, and people using real matrix-sdk clients.
+
+mod support;
+
+use std::time::Duration;
+
+use matrix_sdk::attachment::AttachmentConfig;
+use matrix_sdk::ruma::events::room::message::TextMessageEventContent;
+use matrix_sdk::ruma::{OwnedUserId, UserId};
+use poe_relay::fake_poe::{FakePoe, Scenario};
+use reqwest::Method;
+use serde_json::json;
+
+use support::KEY;
+use support::bot_process::BotProcess;
+use support::matrix_human::{Human, Shown};
+use support::synapse::{self, Synapse, SynapseOptions};
+
+const WAIT: Duration = Duration::from_secs(60);
+const BOT: &str = "poebot";
+const BOT_PASSWORD: &str = "bot-password-123";
+
+/// A homeserver, the fake Poe, the bot, and Alice (who creates rooms, so she is an admin by
+/// power level there).
+struct World {
+    synapse: Synapse,
+    fake: FakePoe,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    bot: Option<BotProcess>,
+    bot_id: OwnedUserId,
+    alice: Human,
+}
+
+impl World {
+    async fn start(options: SynapseOptions, extra_toml: &str) -> World {
+        Self::start_with(options, extra_toml, r#"allowed_servers = ["localhost"]"#).await
+    }
+
+    /// `invites` goes into the `[matrix]` section (who may invite the bot).
+    async fn start_with(options: SynapseOptions, extra_toml: &str, invites: &str) -> World {
+        let synapse = synapse::start(options).await;
+        let bot = synapse.register(BOT, BOT_PASSWORD, false).await;
+        synapse.register("alice", "alice-password", false).await;
+        let fake = FakePoe::start(KEY).await.expect("fake Poe");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("poe-relay.toml");
+        let toml = format!(
+            r#"
+[poe]
+base_url = "{base}"
+upload_url = "{upload}"
+initial_backoff_ms = 10
+max_backoff_ms = 100
+
+[chat]
+default_model = "echo"
+
+[store]
+path = "{store}"
+
+[matrix]
+enabled = true
+homeserver = "{homeserver}"
+user_id = "{bot}"
+data_dir = "{data}"
+{invites}
+
+[log]
+filter = "info,poe_relay=debug"
+{extra_toml}
+"#,
+            base = fake.base_url(),
+            upload = fake.upload_url(),
+            store = dir.path().join("store").display(),
+            homeserver = synapse.base_url,
+            bot = bot.user_id,
+            data = dir.path().join("matrix").display(),
+        );
+        std::fs::write(&config, toml).expect("write the bot's config");
+        let alice = Human::login(&synapse.base_url, "alice", "alice-password").await;
+        let mut world = World {
+            bot_id: UserId::parse(&bot.user_id).expect("bot id"),
+            synapse,
+            fake,
+            dir,
+            config,
+            bot: None,
+            alice,
+        };
+        world.start_bot(1).await;
+        world
+    }
+
+    /// Starts the bot and waits for its `nth` start to be logged.
+    async fn start_bot(&mut self, nth: usize) {
+        let mut bot = BotProcess::start(
+            &self.config,
+            &[("POE_API_KEY", KEY), ("MATRIX_PASSWORD", BOT_PASSWORD)],
+            &self.dir.path().join("bot.log"),
+        );
+        bot.wait_for_log("poe-relay started", nth, WAIT).await;
+        self.bot = Some(bot);
+    }
+
+    fn bot(&mut self) -> &mut BotProcess {
+        self.bot.as_mut().expect("the bot is running")
+    }
+
+    async fn human(&self, name: &str) -> Human {
+        let password = format!("{name}-password");
+        self.synapse.register(name, &password, false).await;
+        Human::login(&self.synapse.base_url, name, &password).await
+    }
+
+    /// A room Alice creates with the bot (and `others`) in it, everyone joined.
+    async fn room(&self, encrypted: bool, others: &[&Human]) -> matrix_sdk::ruma::OwnedRoomId {
+        let mut invite: Vec<&UserId> = vec![&self.bot_id];
+        invite.extend(others.iter().map(|human| &*human.user_id));
+        let room = self.alice.create_room(encrypted, &invite).await;
+        let room_id = room.room_id().to_owned();
+        self.alice.wait_joined(&room_id, &self.bot_id).await;
+        for other in others {
+            self.alice.wait_joined(&room_id, &other.user_id).await;
+            other.wait_joined(&room_id, &self.bot_id).await;
+        }
+        room_id
+    }
+
+    /// The query texts of every chat request the fake received for `echo`.
+    fn contexts(&self) -> Vec<Vec<String>> {
+        self.fake
+            .chat_requests("echo")
+            .iter()
+            .map(|request| {
+                request.body["query"]
+                    .as_array()
+                    .map(|query| {
+                        query
+                            .iter()
+                            .map(|message| message["content"].as_str().unwrap_or("").to_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+fn streamed(text: &str, chunk_chars: usize, interval_ms: u64) -> Scenario {
+    Scenario::Text {
+        text: text.to_owned(),
+        chunk_chars,
+        interval: Duration::from_millis(interval_ms),
+    }
+}
+
+/// The answer in the bot's messages that reply to `trigger` (and those after it).
+fn answer_to<'a>(shown: &'a [Shown], trigger: &str) -> Vec<&'a Shown> {
+    let Some(first) = shown.iter().position(|message| {
+        message.original["m.relates_to"]["m.in_reply_to"]["event_id"] == trigger
+    }) else {
+        return Vec::new();
+    };
+    shown[first..].iter().collect()
+}
+
+fn assert_mentions_nobody(message: &Shown) {
+    assert_eq!(
+        message.original["m.mentions"],
+        json!({}),
+        "{:#}",
+        message.original
+    );
+    for edit in &message.edits {
+        assert_eq!(edit["m.mentions"], json!({}), "{edit:#}");
+        assert_eq!(edit["m.new_content"]["m.mentions"], json!({}), "{edit:#}");
+    }
+}
+
+const ANSWER: &str = "Rust's **ownership** rules, in short:\n\n\
+1. Each value has one owner.\n\
+2. When the owner goes out of scope, the value is dropped.\n\
+3. You can borrow a value, mutably once or immutably many times.\n\n\
+That is what lets Rust free memory without a garbage collector, and it is checked at \
+compile time, so none of this costs anything when the program runs.";
+
+async fn a_mention_gets_a_streamed_answer(encrypted: bool) {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", streamed(ANSWER, 8, 100));
+    let bob = world.human("bob").await;
+    let room = world.room(encrypted, &[&bob]).await;
+
+    let trigger = bob
+        .mention(&room, &world.bot_id, "poebot: explain ownership")
+        .await;
+    let shown = bob
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            shown.iter().any(|message| message.text == ANSWER)
+        })
+        .await;
+    let answer = answer_to(&shown, trigger.as_str());
+    assert_eq!(answer.len(), 1, "{shown:#?}");
+    let message = answer[0];
+    assert_eq!(message.text, ANSWER);
+    assert!(
+        message.edits.len() >= 3,
+        "the answer should stream in several edits, got {}",
+        message.edits.len()
+    );
+    assert_mentions_nobody(message);
+    assert_eq!(message.encrypted, encrypted);
+    let html = message.newest["formatted_body"].as_str().unwrap_or("");
+    assert!(html.contains("<strong>ownership</strong>"), "{html}");
+    assert!(html.contains("<ol>"), "{html}");
+    // Poe got the question without the bot's name, from Bob.
+    let contexts = world.contexts();
+    assert_eq!(contexts.len(), 1);
+    assert_eq!(
+        contexts[0].last().map(String::as_str),
+        Some("bob: explain ownership")
+    );
+    // Alice's client sees the same final text.
+    world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            shown.iter().any(|message| message.text == ANSWER)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_mention_gets_a_streamed_answer_in_a_plain_room() {
+    a_mention_gets_a_streamed_answer(false).await;
+}
+
+#[tokio::test]
+async fn a_mention_gets_a_streamed_answer_in_an_encrypted_room() {
+    a_mention_gets_a_streamed_answer(true).await;
+}
+
+#[tokio::test]
+async fn balance_is_for_admins_only() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.set_balance(123_456);
+    let bob = world.human("bob").await;
+    let room = world.room(false, &[&bob]).await;
+
+    let asked = world.alice.say(&room, "!poe balance").await;
+    let shown = world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            !answer_to(shown, asked.as_str()).is_empty()
+        })
+        .await;
+    let reply = answer_to(&shown, asked.as_str())[0];
+    assert!(reply.text.contains("123456 points"), "{}", reply.text);
+    assert_mentions_nobody(reply);
+
+    let refused = bob.say(&room, "/poe balance").await;
+    let shown = bob
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            !answer_to(shown, refused.as_str()).is_empty()
+        })
+        .await;
+    let reply = answer_to(&shown, refused.as_str())[0];
+    assert!(reply.text.contains("Only admins"), "{}", reply.text);
+    assert!(!reply.text.contains("123456"), "{}", reply.text);
+    // Neither command was a question for Poe.
+    assert!(world.fake.chat_requests("echo").is_empty());
+}
+
+#[tokio::test]
+async fn a_user_over_budget_is_told_and_poe_is_not_asked() {
+    // Every request to an unpriced model reserves 1,000 points; Bob's day allows 500.
+    let world = World::start(
+        SynapseOptions::default(),
+        "[budget]\ndefault_points = 500\n",
+    )
+    .await;
+    let bob = world.human("bob").await;
+    let room = world.room(false, &[&bob]).await;
+
+    let asked = bob.mention(&room, &world.bot_id, "poebot: hello?").await;
+    let shown = bob
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            !answer_to(shown, asked.as_str()).is_empty()
+        })
+        .await;
+    let reply = answer_to(&shown, asked.as_str())[0];
+    assert!(
+        reply.text.contains("of your 500 points") && reply.text.contains("Nothing was sent to Poe"),
+        "{}",
+        reply.text
+    );
+    assert!(world.fake.chat_requests("echo").is_empty());
+}
+
+#[tokio::test]
+async fn follow_ups_carry_the_history_and_reset_drops_it() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", Scenario::Echo);
+    // A one-to-one room: no mention needed.
+    let room = world.room(false, &[]).await;
+    let alice = &world.alice;
+
+    let first = alice.say(&room, "my name is Zed").await;
+    let second_wait = |trigger: String| {
+        move |shown: &[Shown]| {
+            answer_to(shown, &trigger)
+                .first()
+                .is_some_and(|message| !message.text.is_empty())
+        }
+    };
+    alice
+        .wait_for(&room, &world.bot_id, WAIT, second_wait(first.to_string()))
+        .await;
+    wait_for_turns(&world, 1).await;
+    let second = alice.say(&room, "what is my name?").await;
+    alice
+        .wait_for(&room, &world.bot_id, WAIT, second_wait(second.to_string()))
+        .await;
+    wait_for_turns(&world, 2).await;
+    let contexts = world.contexts();
+    assert_eq!(
+        contexts[1],
+        vec!["my name is Zed", "my name is Zed", "what is my name?"],
+        "the second question carries the first turn and the answer"
+    );
+
+    let reset = alice.say(&room, "!poe reset").await;
+    alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            !answer_to(shown, reset.as_str()).is_empty()
+        })
+        .await;
+    let third = alice.say(&room, "who am I?").await;
+    alice
+        .wait_for(&room, &world.bot_id, WAIT, second_wait(third.to_string()))
+        .await;
+    wait_for_turns(&world, 3).await;
+    assert_eq!(world.contexts()[2], vec!["who am I?"]);
+}
+
+async fn wait_for_turns(world: &World, requests: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while world.fake.chat_requests("echo").len() < requests {
+        assert!(tokio::time::Instant::now() < deadline, "Poe was not asked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_long_answer_arrives_split_with_code_fences_intact() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    let code: String = (0..260)
+        .map(|line| format!("    let value_{line} = compute({line}); // step {line}\n"))
+        .collect();
+    let prose = "This paragraph explains the code in some detail. ".repeat(60);
+    let answer = format!("{prose}\n\n```rust\n{code}```\n\n{prose}");
+    assert!(answer.len() > 16_200, "{}", answer.len());
+    world.fake.script("echo", streamed(&answer, 400, 20));
+    let room = world.room(false, &[]).await;
+    let asked = world.alice.say(&room, "explain").await;
+    let shown = world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            let parts = answer_to(shown, asked.as_str());
+            parts
+                .last()
+                .is_some_and(|last| last.text.trim_end().ends_with("some detail."))
+                && parts.iter().map(|part| part.text.len()).sum::<usize>() >= answer.len()
+        })
+        .await;
+    let parts = answer_to(&shown, asked.as_str());
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    let expected = poe_relay::core::render::split::split(
+        &answer,
+        poe_relay::platform::matrix::outbound::MAX_MESSAGE_BYTES,
+        poe_relay::core::render::split::LengthUnit::Utf8Bytes,
+    );
+    assert_eq!(parts.len(), expected.len());
+    for (part, expected) in parts.iter().zip(&expected) {
+        assert_eq!(part.text, expected.render());
+        assert_eq!(part.text.matches("```").count() % 2, 0, "{}", part.text);
+        assert_mentions_nobody(part);
+    }
+    // Only the first part replies to the question; the rest follow it.
+    assert!(
+        parts[1..]
+            .iter()
+            .all(|part| part.original.get("m.relates_to").is_none())
+    );
+    // The code block was cut and reopened with its language, so clients highlight both.
+    assert!(
+        parts
+            .iter()
+            .skip(1)
+            .any(|part| part.text.starts_with("```rust\n")),
+        "{:#?}",
+        parts
+            .iter()
+            .map(|p| &p.text[..40.min(p.text.len())])
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_image_reaches_poe_as_an_attachment() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", Scenario::text("A red square."));
+    let bob = world.human("bob").await;
+    let room = world.room(true, &[&bob]).await;
+    let image: Vec<u8> = b"\x89PNG\r\n\x1a\n-this-is-a-test-image-".repeat(40);
+
+    // The image first, then a question that replies to it.
+    let sent = bob
+        .room(&room)
+        .send_attachment(
+            "square.png",
+            &"image/png".parse().unwrap(),
+            image.clone(),
+            AttachmentConfig::new(),
+        )
+        .await
+        .expect("upload the image");
+    let image_event = sent.event_id;
+    let mut question =
+        matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(
+            "poebot: what is in this picture?",
+        )
+        .add_mentions(matrix_sdk::ruma::events::Mentions::with_user_ids([world
+            .bot_id
+            .clone()]));
+    question.relates_to = Some(matrix_sdk::ruma::events::room::message::Relation::Reply(
+        matrix_sdk::ruma::events::relation::Reply::new(
+            matrix_sdk::ruma::events::relation::InReplyTo::new(image_event.clone()),
+        ),
+    ));
+    let asked = bob.send(&room, question).await;
+    let shown = bob
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, asked.as_str())
+                .first()
+                .is_some_and(|message| message.text == "A red square.")
+        })
+        .await;
+    assert!(answer_to(&shown, asked.as_str())[0].encrypted);
+    let uploads = world.fake.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploads[0].bytes, image, "the decrypted image reached Poe");
+    assert_eq!(uploads[0].name, "square.png");
+    let request = &world.fake.chat_requests("echo")[0];
+    let last = request.body["query"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["content"], "bob: what is in this picture?");
+    assert_eq!(last["attachments"][0]["content_type"], "image/png");
+
+    // An image with a caption in a one-to-one room is a question on its own; an oversized
+    // one is refused with the limit.
+    world.fake.script("echo", Scenario::text("Still a square."));
+    let direct = world.room(false, &[]).await;
+    let caption = TextMessageEventContent::plain("and this one?");
+    let sent = world
+        .alice
+        .room(&direct)
+        .send_attachment(
+            "again.png",
+            &"image/png".parse().unwrap(),
+            image.clone(),
+            AttachmentConfig::new().caption(Some(caption)),
+        )
+        .await
+        .expect("upload the captioned image");
+    let captioned = sent.event_id;
+    world
+        .alice
+        .wait_for(&direct, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, captioned.as_str())
+                .first()
+                .is_some_and(|message| message.text == "Still a square.")
+        })
+        .await;
+    assert_eq!(world.fake.uploads().len(), 2);
+}
+
+/// The bot killed mid-answer and started again: the same device, no replayed answers, the
+/// history kept, the interrupted answer marked as such.
+#[tokio::test]
+async fn a_restart_keeps_the_device_and_history_and_replays_nothing() {
+    let mut world = World::start(SynapseOptions::default(), "").await;
+    let admin = world
+        .synapse
+        .register("admin", "admin-password", true)
+        .await;
+    let devices_path = format!(
+        "/_synapse/admin/v2/users/{}/devices",
+        synapse::encode(world.bot_id.as_str())
+    );
+    let room = world.room(false, &[]).await;
+    let slow = "word ".repeat(200);
+    world.fake.script("echo", streamed(&slow, 5, 100));
+    let first = world.alice.say(&room, "tell me a long story").await;
+    // Wait until the answer has started streaming, then kill the bot mid-answer.
+    world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, first.as_str())
+                .first()
+                .is_some_and(|message| !message.edits.is_empty())
+        })
+        .await;
+    let before = bot_devices(&world, &devices_path, &admin.access_token).await;
+    let session: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(world.dir.path().join("matrix/session.json"))
+            .expect("the bot saved its session"),
+    )
+    .expect("session JSON");
+    let device = session["device_id"]
+        .as_str()
+        .expect("a device id in the session")
+        .to_owned();
+    assert!(before.contains(&device), "{before:?} lacks {device}");
+    world.bot().stop("KILL");
+
+    // Said while the bot was down: older than its next start, so never answered.
+    let missed = world.alice.say(&room, "are you there?").await;
+    world.fake.script("echo", Scenario::Echo);
+    world.start_bot(2).await;
+    assert!(world.bot().log().contains("restored the saved session"));
+    assert_eq!(
+        bot_devices(&world, &devices_path, &admin.access_token).await,
+        before,
+        "the restart made a new device"
+    );
+
+    let shown = world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, first.as_str())
+                .first()
+                .is_some_and(|message| message.text.contains("interrupted"))
+        })
+        .await;
+    let interrupted = answer_to(&shown, first.as_str())[0];
+    assert!(
+        interrupted.text.starts_with("word word"),
+        "{}",
+        interrupted.text
+    );
+
+    let after = world.alice.say(&room, "and now?").await;
+    world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, after.as_str())
+                .first()
+                .is_some_and(|message| message.text == "and now?")
+        })
+        .await;
+    // Give a replay every chance to show up before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shown = world.alice.shown(&room, &world.bot_id);
+    let replies_to = |event: &str| {
+        shown
+            .iter()
+            .filter(|message| {
+                message.original["m.relates_to"]["m.in_reply_to"]["event_id"] == event
+            })
+            .count()
+    };
+    assert_eq!(
+        replies_to(first.as_str()),
+        1,
+        "the first question was answered twice"
+    );
+    assert_eq!(
+        replies_to(missed.as_str()),
+        0,
+        "a message from the downtime was answered"
+    );
+    let contexts = world.contexts();
+    assert_eq!(contexts.len(), 2, "{contexts:#?}");
+    let last = contexts.last().unwrap();
+    assert_eq!(
+        last.first().map(String::as_str),
+        Some("tell me a long story")
+    );
+    assert_eq!(last.last().map(String::as_str), Some("and now?"));
+}
+
+async fn bot_devices(world: &World, path: &str, token: &str) -> Vec<String> {
+    let (status, body) = world
+        .synapse
+        .call(Method::GET, path, Some(token), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    body["devices"]
+        .as_array()
+        .expect("a device list")
+        .iter()
+        .map(|device| device["device_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// With Synapse's default limits (0.2 messages/s after a burst of 10, edits included), a
+/// long streamed answer still arrives complete: the bot backs off when told to.
+#[tokio::test]
+async fn a_long_answer_survives_synapses_default_rate_limits() {
+    let world = World::start(
+        SynapseOptions {
+            default_rate_limits: true,
+        },
+        "",
+    )
+    .await;
+    let answer: String = (1..=150).map(|n| format!("token{n} ")).collect();
+    world.fake.script("echo", streamed(&answer, 7, 60));
+    let room = world.room(false, &[]).await;
+    let asked = world.alice.say(&room, "go").await;
+    let shown = world
+        .alice
+        .wait_for(&room, &world.bot_id, Duration::from_secs(120), |shown| {
+            answer_to(shown, asked.as_str())
+                .first()
+                .is_some_and(|message| message.text == answer)
+        })
+        .await;
+    let message = answer_to(&shown, asked.as_str())[0];
+    assert_eq!(message.text, answer);
+    let mut world = world;
+    let log = world.bot().log();
+    let turn = log
+        .lines()
+        .find(|line| line.contains("conversation turn"))
+        .unwrap_or_else(|| panic!("the turn is not logged:\n{log}"));
+    let rate_limited: u32 = turn
+        .split("platform_429s=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no platform_429s in the turn's log line: {turn}"));
+    assert!(
+        rate_limited > 0,
+        "Synapse never limited the bot, so this proved nothing: {turn}"
+    );
+}
+
+#[tokio::test]
+async fn invites_are_accepted_only_from_allowed_users() {
+    let world = World::start_with(
+        SynapseOptions::default(),
+        "",
+        r#"allowed_users = ["@alice:localhost"]"#,
+    )
+    .await;
+    // Alice may invite the bot: the room works.
+    let room = world.room(false, &[]).await;
+    world.fake.script("echo", Scenario::text("hello Alice"));
+    world.alice.say(&room, "hi").await;
+    world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            shown.iter().any(|message| message.text == "hello Alice")
+        })
+        .await;
+
+    // Carol may not: the invite is declined.
+    let carol = world.human("carol").await;
+    let theirs = carol.create_room(false, &[&world.bot_id]).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let member = theirs.get_member(&world.bot_id).await.ok().flatten();
+        if member.is_some_and(|member| {
+            *member.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Leave
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the invite was not declined"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
