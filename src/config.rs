@@ -50,6 +50,8 @@ pub struct ChatConfig {
     pub max_output_tokens: u32,
     /// Largest attachment passed to Poe, in bytes.
     pub max_attachment_bytes: u64,
+    /// Longest question accepted, in characters; longer ones get a note instead.
+    pub max_question_chars: usize,
 }
 
 impl Default for ChatConfig {
@@ -62,6 +64,7 @@ impl Default for ChatConfig {
             history_retention_days: 30,
             max_output_tokens: 4096,
             max_attachment_bytes: 10 * 1024 * 1024,
+            max_question_chars: 16_000,
         }
     }
 }

@@ -309,6 +309,35 @@ async fn over_budget_users_are_told_when_it_resets_and_poe_is_not_called() {
 }
 
 #[tokio::test]
+async fn room_admins_are_not_exempt_and_cannot_set_budgets() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let mut config = core_config(&fake);
+    config.budget.default_points = 10;
+    let setup = core_with(config, quick_platform());
+    // An admin of this room only (it is theirs: they created it), not of the bot.
+    let mut question = message("c", "ann", "expensive");
+    question.is_admin = true;
+    setup.manager.handle(question, out(&setup.platform)).await;
+    shown_with(&setup.platform, "c", "Nothing was sent to Poe").await;
+    let mut raise = command("c", "ann", true, "budget ann 100000");
+    raise.is_bot_admin = false;
+    setup.manager.handle(raise, out(&setup.platform)).await;
+    shown_with(
+        &setup.platform,
+        "c",
+        "Only the bot's configured admins can set budgets",
+    )
+    .await;
+    assert!(fake.chat_requests("echo").is_empty());
+    // The bot's own admin is exempt.
+    let mut boss = message("c", "boss", "expensive");
+    boss.is_admin = true;
+    boss.is_bot_admin = true;
+    setup.manager.handle(boss, out(&setup.platform)).await;
+    shown_with(&setup.platform, "c", "expensive").await;
+}
+
+#[tokio::test]
 async fn fifty_concurrent_requests_by_one_user_cannot_overspend() {
     let fake = FakePoe::start(KEY).await.unwrap();
     let mut config = core_config(&fake);
@@ -687,6 +716,32 @@ async fn attachments_go_to_poe_with_the_question() {
 }
 
 #[tokio::test]
+async fn an_overlong_question_gets_a_note_and_poe_is_not_asked() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let mut config = core_config(&fake);
+    config.chat.max_question_chars = 100;
+    let setup = core_with(config, quick_platform());
+    let question = "é".repeat(101);
+    setup
+        .manager
+        .handle(message("c", "ann", &question), out(&setup.platform))
+        .await;
+    let shown = shown_with(&setup.platform, "c", "questions of up to 100 characters").await;
+    assert!(
+        shown[0].text.contains("101 characters"),
+        "{}",
+        shown[0].text
+    );
+    let exactly = "é".repeat(100);
+    setup
+        .manager
+        .handle(message("c", "ann", &exactly), out(&setup.platform))
+        .await;
+    shown_with(&setup.platform, "c", &exactly).await;
+    assert_eq!(fake.chat_requests("echo").len(), 1);
+}
+
+#[tokio::test]
 async fn commands_work_for_admins_and_refuse_others() {
     let fake = FakePoe::start(KEY).await.unwrap();
     fake.set_balance(424_242);
@@ -729,7 +784,11 @@ async fn commands_work_for_admins_and_refuse_others() {
         reply_to(&event)
     );
     let event = run("ann", false, "budget ann 99999").await;
-    assert!(reply_to(&event)[0].0.contains("Only admins"));
+    assert!(
+        reply_to(&event)[0]
+            .0
+            .contains("Only the bot's configured admins")
+    );
 
     let event = run("ann", false, "model").await;
     assert!(reply_to(&event)[0].0.contains("**echo**"));

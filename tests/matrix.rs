@@ -6,9 +6,15 @@ mod support;
 use std::time::Duration;
 
 use matrix_sdk::attachment::AttachmentConfig;
-use matrix_sdk::ruma::events::room::message::TextMessageEventContent;
+use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+use matrix_sdk::ruma::events::Mentions;
+use matrix_sdk::ruma::events::relation::Thread;
+use matrix_sdk::ruma::events::room::message::{
+    ImageMessageEventContent, Relation, RoomMessageEventContent, TextMessageEventContent,
+};
 use matrix_sdk::ruma::{OwnedUserId, UserId};
 use poe_relay::fake_poe::{FakePoe, Scenario};
+use poe_relay::poe::{FileSource, InputFile};
 use reqwest::Method;
 use serde_json::json;
 
@@ -30,17 +36,50 @@ struct World {
     config: std::path::PathBuf,
     bot: Option<BotProcess>,
     bot_id: OwnedUserId,
+    /// The bot's account as registered (with the device of its registration login).
+    bot_account: synapse::RegisteredUser,
+    /// The bot's login secret: its password, or an access token.
+    login: (&'static str, String),
     alice: Human,
+}
+
+/// How a world differs from the usual one.
+struct Setup {
+    options: SynapseOptions,
+    /// More TOML sections (not `[poe]`, `[chat]`, `[store]`, `[matrix]` or `[log]`).
+    toml: String,
+    /// Lines for the `[matrix]` section: who may invite the bot, who is an admin.
+    matrix: String,
+    /// `POE_RELAY__…` overrides for the bot.
+    env: Vec<(String, String)>,
+    /// Log in with an access token instead of the password.
+    access_token: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            options: SynapseOptions::default(),
+            toml: String::new(),
+            matrix: r#"allowed_servers = ["localhost"]"#.into(),
+            env: Vec::new(),
+            access_token: false,
+        }
+    }
 }
 
 impl World {
     async fn start(options: SynapseOptions, extra_toml: &str) -> World {
-        Self::start_with(options, extra_toml, r#"allowed_servers = ["localhost"]"#).await
+        Self::start_with(Setup {
+            options,
+            toml: extra_toml.into(),
+            ..Setup::default()
+        })
+        .await
     }
 
-    /// `invites` goes into the `[matrix]` section (who may invite the bot).
-    async fn start_with(options: SynapseOptions, extra_toml: &str, invites: &str) -> World {
-        let synapse = synapse::start(options).await;
+    async fn start_with(setup: Setup) -> World {
+        let synapse = synapse::start(setup.options).await;
         let bot = synapse.register(BOT, BOT_PASSWORD, false).await;
         synapse.register("alice", "alice-password", false).await;
         let fake = FakePoe::start(KEY).await.expect("fake Poe");
@@ -65,7 +104,7 @@ enabled = true
 homeserver = "{homeserver}"
 user_id = "{bot}"
 data_dir = "{data}"
-{invites}
+{matrix}
 
 [log]
 filter = "info,poe_relay=debug"
@@ -77,29 +116,39 @@ filter = "info,poe_relay=debug"
             homeserver = synapse.base_url,
             bot = bot.user_id,
             data = dir.path().join("matrix").display(),
+            matrix = setup.matrix,
+            extra_toml = setup.toml,
         );
         std::fs::write(&config, toml).expect("write the bot's config");
         let alice = Human::login(&synapse.base_url, "alice", "alice-password").await;
+        let login = if setup.access_token {
+            ("MATRIX_ACCESS_TOKEN", bot.access_token.clone())
+        } else {
+            ("MATRIX_PASSWORD", BOT_PASSWORD.to_owned())
+        };
         let mut world = World {
             bot_id: UserId::parse(&bot.user_id).expect("bot id"),
+            bot_account: bot,
             synapse,
             fake,
             dir,
             config,
             bot: None,
+            login,
             alice,
         };
-        world.start_bot(1).await;
+        world.start_bot(1, &setup.env).await;
         world
     }
 
     /// Starts the bot and waits for its `nth` start to be logged.
-    async fn start_bot(&mut self, nth: usize) {
-        let mut bot = BotProcess::start(
-            &self.config,
-            &[("POE_API_KEY", KEY), ("MATRIX_PASSWORD", BOT_PASSWORD)],
-            &self.dir.path().join("bot.log"),
+    async fn start_bot(&mut self, nth: usize, env: &[(String, String)]) {
+        let mut vars: Vec<(&str, &str)> = vec![("POE_API_KEY", KEY), (self.login.0, &self.login.1)];
+        vars.extend(
+            env.iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
         );
+        let mut bot = BotProcess::start(&self.config, &vars, &self.dir.path().join("bot.log"));
         bot.wait_for_log("poe-relay started", nth, WAIT).await;
         self.bot = Some(bot);
     }
@@ -211,6 +260,10 @@ async fn a_mention_gets_a_streamed_answer(encrypted: bool) {
     );
     assert_mentions_nobody(message);
     assert_eq!(message.encrypted, encrypted);
+    assert!(
+        bob.saw_typing(&room, &world.bot_id),
+        "the bot never showed typing"
+    );
     let html = message.newest["formatted_body"].as_str().unwrap_or("");
     assert!(html.contains("<strong>ownership</strong>"), "{html}");
     assert!(html.contains("<ol>"), "{html}");
@@ -242,21 +295,28 @@ async fn a_mention_gets_a_streamed_answer_in_an_encrypted_room() {
 
 #[tokio::test]
 async fn balance_is_for_admins_only() {
-    let world = World::start(SynapseOptions::default(), "").await;
+    let world = World::start_with(Setup {
+        matrix: "allowed_servers = [\"localhost\"]\nadmins = [\"@carol:localhost\"]".into(),
+        ..Setup::default()
+    })
+    .await;
     world.fake.set_balance(123_456);
     let bob = world.human("bob").await;
-    let room = world.room(false, &[&bob]).await;
+    let carol = world.human("carol").await;
+    let room = world.room(false, &[&bob, &carol]).await;
 
-    let asked = world.alice.say(&room, "!poe balance").await;
-    let shown = world
-        .alice
-        .wait_for(&room, &world.bot_id, WAIT, |shown| {
-            !answer_to(shown, asked.as_str()).is_empty()
-        })
-        .await;
-    let reply = answer_to(&shown, asked.as_str())[0];
-    assert!(reply.text.contains("123456 points"), "{}", reply.text);
-    assert_mentions_nobody(reply);
+    // Alice created the room (a power level above the threshold); Carol is configured.
+    for (admin, command) in [(&world.alice, "!poe balance"), (&carol, "/POE balance")] {
+        let asked = admin.say(&room, command).await;
+        let shown = admin
+            .wait_for(&room, &world.bot_id, WAIT, |shown| {
+                !answer_to(shown, asked.as_str()).is_empty()
+            })
+            .await;
+        let reply = answer_to(&shown, asked.as_str())[0];
+        assert!(reply.text.contains("123456 points"), "{}", reply.text);
+        assert_mentions_nobody(reply);
+    }
 
     let refused = bob.say(&room, "/poe balance").await;
     let shown = bob
@@ -408,7 +468,14 @@ async fn a_long_answer_arrives_split_with_code_fences_intact() {
 
 #[tokio::test]
 async fn an_image_reaches_poe_as_an_attachment() {
-    let world = World::start(SynapseOptions::default(), "").await;
+    let world = World::start_with(Setup {
+        env: vec![(
+            "POE_RELAY__CHAT__MAX_ATTACHMENT_BYTES".into(),
+            "4000".into(),
+        )],
+        ..Setup::default()
+    })
+    .await;
     world.fake.script("echo", Scenario::text("A red square."));
     let bob = world.human("bob").await;
     let room = world.room(true, &[&bob]).await;
@@ -487,6 +554,196 @@ async fn an_image_reaches_poe_as_an_attachment() {
         })
         .await;
     assert_eq!(world.fake.uploads().len(), 2);
+
+    // Over the configured 4,000 bytes: the user is told, and Poe hears nothing.
+    let caption = TextMessageEventContent::plain("and this big one?");
+    let sent = world
+        .alice
+        .room(&direct)
+        .send_attachment(
+            "big.png",
+            &"image/png".parse().unwrap(),
+            vec![7u8; 5000],
+            AttachmentConfig::new().caption(Some(caption)),
+        )
+        .await
+        .expect("upload the big image");
+    let big = sent.event_id;
+    let shown = world
+        .alice
+        .wait_for(&direct, &world.bot_id, WAIT, |shown| {
+            !answer_to(shown, big.as_str()).is_empty()
+        })
+        .await;
+    let note = &answer_to(&shown, big.as_str())[0].text;
+    assert!(
+        note.contains("big.png") && note.contains("Send a smaller file"),
+        "{note}"
+    );
+    assert_eq!(world.fake.uploads().len(), 2);
+    assert_eq!(world.fake.chat_requests("echo").len(), 2);
+}
+
+#[tokio::test]
+async fn an_image_bot_answer_arrives_as_an_image() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    let picture = b"\x89PNG\r\n\x1a\n-a-cat-".repeat(64);
+    let poe = support::client(support::config_for(&world.fake));
+    let stored = poe
+        .upload(&InputFile {
+            name: "cat.png".into(),
+            content_type: "image/png".into(),
+            source: FileSource::Bytes(picture.clone().into()),
+        })
+        .await
+        .expect("put the picture on the fake Poe");
+    world.fake.script(
+        "echo",
+        Scenario::Media {
+            url: stored.url,
+            content_type: "image/png".into(),
+            name: "cat.png".into(),
+        },
+    );
+    let room = world.room(true, &[]).await;
+    let asked = world.alice.say(&room, "draw a cat").await;
+    let shown = world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            shown
+                .iter()
+                .any(|message| message.original["msgtype"] == "m.image")
+        })
+        .await;
+    let image = shown
+        .iter()
+        .find(|message| message.original["msgtype"] == "m.image")
+        .unwrap();
+    assert!(image.encrypted);
+    assert_eq!(
+        image.original["m.relates_to"]["m.in_reply_to"]["event_id"],
+        asked.as_str()
+    );
+    assert_eq!(image.original["m.mentions"], json!({}));
+    let content: ImageMessageEventContent =
+        serde_json::from_value(image.original.clone()).expect("an m.image event");
+    let downloaded = world
+        .alice
+        .client
+        .media()
+        .get_media_content(
+            &MediaRequestParameters {
+                source: content.source,
+                format: MediaFormat::File,
+            },
+            false,
+        )
+        .await
+        .expect("download the bot's image");
+    assert_eq!(downloaded, picture);
+}
+
+#[tokio::test]
+async fn a_thread_is_its_own_conversation() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", Scenario::Echo);
+    let bob = world.human("bob").await;
+    let room = world.room(false, &[&bob]).await;
+    let alice = &world.alice;
+
+    let main = alice
+        .mention(&room, &world.bot_id, "poebot: in the room")
+        .await;
+    alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, main.as_str())
+                .first()
+                .is_some_and(|message| message.text == "alice: in the room")
+        })
+        .await;
+    let root = alice.say(&room, "a topic for a thread").await;
+    let mut in_thread = RoomMessageEventContent::text_plain("poebot: in the thread")
+        .add_mentions(Mentions::with_user_ids([world.bot_id.clone()]));
+    in_thread.relates_to = Some(Relation::Thread(Thread::plain(root.clone(), root.clone())));
+    let asked = alice.send(&room, in_thread).await;
+    let shown = alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, asked.as_str())
+                .first()
+                .is_some_and(|message| message.text == "alice: in the thread")
+        })
+        .await;
+    let answer = answer_to(&shown, asked.as_str())[0];
+    assert_eq!(answer.original["m.relates_to"]["rel_type"], "m.thread");
+    assert_eq!(answer.original["m.relates_to"]["event_id"], root.as_str());
+    // The thread's context has none of the room's turns, and the room's none of the thread's.
+    let contexts = world.contexts();
+    assert_eq!(contexts[1], vec!["alice: in the thread"]);
+    let again = alice
+        .mention(&room, &world.bot_id, "poebot: back in the room")
+        .await;
+    alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            !answer_to(shown, again.as_str()).is_empty()
+        })
+        .await;
+    wait_for_turns(&world, 3).await;
+    let contexts = world.contexts();
+    assert_eq!(
+        contexts[2],
+        vec![
+            "alice: in the room",
+            "alice: in the room",
+            "alice: back in the room"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_reply_or_is_ignored() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", Scenario::Echo);
+    let room = world.room(false, &[]).await;
+    let alice = &world.alice;
+    let matrix_room = alice.room(&room);
+    // Malformed message events: no body, a body that is not text, an unknown msgtype, an
+    // edit of someone else's message, and a reply to an event that does not exist.
+    for content in [
+        json!({ "msgtype": "m.text" }),
+        json!({ "msgtype": "m.text", "body": 12 }),
+        json!({ "msgtype": "org.example.weird", "body": "poebot: hi" }),
+        json!({ "body": "no msgtype at all" }),
+        json!({
+            "msgtype": "m.text", "body": "* edited",
+            "m.new_content": { "msgtype": "m.text", "body": "edited" },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": "$nothing" },
+        }),
+    ] {
+        matrix_room
+            .send_raw("m.room.message", content)
+            .await
+            .expect("send a malformed event");
+    }
+    // A message far over the bot's question limit.
+    let huge = alice.say(&room, &"x".repeat(40_000)).await;
+    let shown = alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            !answer_to(shown, huge.as_str()).is_empty()
+        })
+        .await;
+    let note = &answer_to(&shown, huge.as_str())[0].text;
+    assert!(note.contains("40000 characters"), "{note}");
+    // Still alive, and it answered nothing else.
+    let fine = alice.say(&room, "still there?").await;
+    let shown = alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, fine.as_str())
+                .first()
+                .is_some_and(|message| message.text == "still there?")
+        })
+        .await;
+    assert_eq!(shown.len(), 2, "{shown:#?}");
+    assert_eq!(world.contexts(), vec![vec!["still there?".to_owned()]]);
 }
 
 /// The bot killed mid-answer and started again: the same device, no replayed answers, the
@@ -531,7 +788,7 @@ async fn a_restart_keeps_the_device_and_history_and_replays_nothing() {
     // Said while the bot was down: older than its next start, so never answered.
     let missed = world.alice.say(&room, "are you there?").await;
     world.fake.script("echo", Scenario::Echo);
-    world.start_bot(2).await;
+    world.start_bot(2, &[]).await;
     assert!(world.bot().log().contains("restored the saved session"));
     assert_eq!(
         bot_devices(&world, &devices_path, &admin.access_token).await,
@@ -653,12 +910,17 @@ async fn a_long_answer_survives_synapses_default_rate_limits() {
 
 #[tokio::test]
 async fn invites_are_accepted_only_from_allowed_users() {
-    let world = World::start_with(
-        SynapseOptions::default(),
-        "",
-        r#"allowed_users = ["@alice:localhost"]"#,
-    )
+    let world = World::start_with(Setup {
+        matrix: r#"allowed_users = ["@alice:localhost"]"#.into(),
+        // This bot logs in with an access token: its session is that token's device.
+        access_token: true,
+        ..Setup::default()
+    })
     .await;
+    let session = std::fs::read_to_string(world.dir.path().join("matrix/session.json"))
+        .expect("the bot saved its session");
+    let session: serde_json::Value = serde_json::from_str(&session).expect("session JSON");
+    assert_eq!(session["device_id"], world.bot_account.device_id.as_str());
     // Alice may invite the bot: the room works.
     let room = world.room(false, &[]).await;
     world.fake.script("echo", Scenario::text("hello Alice"));

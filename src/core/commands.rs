@@ -207,7 +207,9 @@ async fn run(
         }
         Command::Balance if !inbound.is_admin => admins_only("see the Poe balance"),
         Command::Balance => private(balance(services, now_ms).await?),
-        Command::Budget { .. } if !inbound.is_admin => admins_only("set budgets"),
+        Command::Budget { .. } if !inbound.is_bot_admin => {
+            private("Only the bot's configured admins can set budgets (room admins cannot).".into())
+        }
         Command::Budget { user, points } => {
             let key = format!("{}:{user}", channel.platform);
             services.budgets.set_limit(&key, points)?;

@@ -56,7 +56,7 @@ impl Services {
         Spender {
             key: format!("{}:{}", inbound.channel.platform, inbound.user_id),
             name: inbound.user_name.clone(),
-            is_admin: inbound.is_admin,
+            is_admin: inbound.is_bot_admin,
         }
     }
 
@@ -234,6 +234,15 @@ impl Manager {
         let config = &services.config;
         let started = tokio::time::Instant::now();
         let channel = &inbound.channel;
+        let question_chars = inbound.text.chars().count();
+        if question_chars > config.chat.max_question_chars {
+            let text = format!(
+                "Your message is {question_chars} characters long; the bot takes questions of up to {} characters. Shorten it, or send the text as a file.",
+                config.chat.max_question_chars
+            );
+            self.post(out, inbound, text, false).await;
+            return;
+        }
         if let Some(file) = inbound
             .attachments
             .iter()

@@ -74,8 +74,12 @@ pub struct Inbound {
     pub channel: ChannelKey,
     pub user_id: String,
     pub user_name: String,
-    /// Decided by the adapter (configured ids, roles, power levels, permissions).
+    /// May run admin commands here (see the balance, change the channel's model and
+    /// prompt): configured ids, roles, room power levels or server permissions.
     pub is_admin: bool,
+    /// Configured as an admin of the bot itself: may set budgets and spends without limit.
+    /// Room-level rights alone never grant this, since anyone can create a room.
+    pub is_bot_admin: bool,
     /// Whether several people talk here (speaker names go into the context).
     pub is_group: bool,
     pub invocation: Invocation,

@@ -45,6 +45,8 @@ pub struct Human {
     pub client: Client,
     pub user_id: OwnedUserId,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Everyone this client saw typing, by room.
+    typing: Arc<Mutex<Vec<(OwnedRoomId, OwnedUserId)>>>,
     sync: tokio::task::JoinHandle<()>,
     _store: tempfile::TempDir,
 }
@@ -91,6 +93,19 @@ impl Human {
                 }
             }
         });
+        let typing = Arc::new(Mutex::new(Vec::new()));
+        client.add_event_handler({
+            let typing = typing.clone();
+            move |event: matrix_sdk::ruma::events::typing::SyncTypingEvent, room: Room| {
+                let typing = typing.clone();
+                async move {
+                    let mut seen = typing.lock().unwrap();
+                    for user in event.content.user_ids {
+                        seen.push((room.room_id().to_owned(), user));
+                    }
+                }
+            }
+        });
         // Join whatever the human is invited to (the bot never invites; other humans do).
         client.add_event_handler(
             |event: matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent,
@@ -121,6 +136,7 @@ impl Human {
             client,
             user_id,
             received,
+            typing,
             sync,
             _store: store,
         }
@@ -188,6 +204,15 @@ impl Human {
     pub async fn say(&self, room: &RoomId, text: &str) -> OwnedEventId {
         self.send(room, RoomMessageEventContent::text_plain(text))
             .await
+    }
+
+    /// Whether `user` was ever shown typing in `room`.
+    pub fn saw_typing(&self, room: &RoomId, user: &UserId) -> bool {
+        self.typing
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(seen_room, seen_user)| seen_room == room && seen_user == user)
     }
 
     pub fn received(&self) -> Vec<Received> {

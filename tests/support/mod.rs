@@ -153,6 +153,7 @@ pub fn message(channel: &str, user: &str, text: &str) -> poe_relay::platform::In
         user_id: user.to_owned(),
         user_name: user.to_owned(),
         is_admin: false,
+        is_bot_admin: false,
         is_group: false,
         invocation: poe_relay::platform::Invocation::Message,
         text: text.to_owned(),
@@ -169,5 +170,6 @@ pub fn command(channel: &str, user: &str, admin: bool, text: &str) -> poe_relay:
     let mut inbound = message(channel, user, text);
     inbound.invocation = poe_relay::platform::Invocation::Command;
     inbound.is_admin = admin;
+    inbound.is_bot_admin = admin;
     inbound
 }

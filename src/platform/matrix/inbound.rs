@@ -194,11 +194,12 @@ impl Receiver {
         }
         let member = room.get_member(&event.sender).await.ok().flatten();
         let threshold = UserPowerLevel::Int(Int::new_saturating(self.config.admin_power_level));
-        let is_admin = self
+        let is_bot_admin = self
             .config
             .admins
             .iter()
-            .any(|admin| admin == event.sender.as_str())
+            .any(|admin| admin == event.sender.as_str());
+        let is_admin = is_bot_admin
             || member
                 .as_ref()
                 .is_some_and(|member| member.power_level() >= threshold);
@@ -211,6 +212,7 @@ impl Receiver {
             user_id: event.sender.to_string(),
             user_name,
             is_admin,
+            is_bot_admin,
             is_group: members > 2,
             invocation,
             text,

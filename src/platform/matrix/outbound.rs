@@ -138,8 +138,14 @@ impl Outbound for MatrixOutbound {
             reply_to: message.reply_to.as_deref(),
             thread_root: channel.thread.as_deref(),
         };
-        self.send_content(&room, content::message(&message.text, &relation))
-            .await
+        let sent = self
+            .send_content(&room, content::message(&message.text, &relation))
+            .await?;
+        // The answer is visible now; do not leave "typing…" up until its timeout.
+        tokio::spawn(async move {
+            let _ = room.typing_notice(false).await;
+        });
+        Ok(sent)
     }
 
     async fn edit(
