@@ -167,6 +167,7 @@ async fn run(config: Config) -> Result<()> {
             &config.matrix,
             matrix_credentials()?,
             secret::read_optional(&ProcessEnv, "MATRIX_STORE_PASSPHRASE")?.as_ref(),
+            config.poe.base_url.starts_with("http://"),
         )
         .await?;
         platforms.insert(matrix::PLATFORM.into(), connected.outbound());

@@ -703,20 +703,29 @@ async fn a_thread_is_its_own_conversation() {
 async fn bad_input_gets_a_clear_reply_or_is_ignored() {
     let world = World::start(SynapseOptions::default(), "").await;
     world.fake.script("echo", Scenario::Echo);
-    let room = world.room(false, &[]).await;
+    // Encrypted, so the homeserver cannot refuse the malformed events below.
+    let room = world.room(true, &[]).await;
     let alice = &world.alice;
     let matrix_room = alice.room(&room);
-    // Malformed message events: no body, a body that is not text, an unknown msgtype, an
-    // edit of someone else's message, and a reply to an event that does not exist.
+    let first = alice.say(&room, "first question").await;
+    alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, first.as_str())
+                .first()
+                .is_some_and(|message| message.text == "first question")
+        })
+        .await;
+    // Malformed message events: no body, a body that is not text, an unknown msgtype, no
+    // msgtype, and an edit of the first question (an edit is not a new question).
     for content in [
         json!({ "msgtype": "m.text" }),
         json!({ "msgtype": "m.text", "body": 12 }),
         json!({ "msgtype": "org.example.weird", "body": "poebot: hi" }),
         json!({ "body": "no msgtype at all" }),
         json!({
-            "msgtype": "m.text", "body": "* edited",
-            "m.new_content": { "msgtype": "m.text", "body": "edited" },
-            "m.relates_to": { "rel_type": "m.replace", "event_id": "$nothing" },
+            "msgtype": "m.text", "body": "* first question, edited",
+            "m.new_content": { "msgtype": "m.text", "body": "first question, edited" },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": first.as_str() },
         }),
     ] {
         matrix_room
@@ -742,8 +751,13 @@ async fn bad_input_gets_a_clear_reply_or_is_ignored() {
                 .is_some_and(|message| message.text == "still there?")
         })
         .await;
-    assert_eq!(shown.len(), 2, "{shown:#?}");
-    assert_eq!(world.contexts(), vec![vec!["still there?".to_owned()]]);
+    assert_eq!(shown.len(), 3, "{shown:#?}");
+    let contexts = world.contexts();
+    assert_eq!(contexts.len(), 2, "{contexts:#?}");
+    assert_eq!(
+        contexts[1],
+        vec!["first question", "first question", "still there?"]
+    );
 }
 
 /// The bot killed mid-answer and started again: the same device, no replayed answers, the
@@ -949,4 +963,65 @@ async fn invites_are_accepted_only_from_allowed_users() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn messages_from_before_the_bot_joined_are_not_answered() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", Scenario::Echo);
+    let alice = &world.alice;
+    let room = alice.create_room(false, &[]).await;
+    let room_id = room.room_id().to_owned();
+    alice.say(&room_id, "said before the bot came").await;
+    room.invite_user_by_id(&world.bot_id)
+        .await
+        .expect("invite the bot");
+    alice.wait_joined(&room_id, &world.bot_id).await;
+    let asked = alice.say(&room_id, "said after").await;
+    alice
+        .wait_for(&room_id, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, asked.as_str())
+                .first()
+                .is_some_and(|message| message.text == "said after")
+        })
+        .await;
+    assert_eq!(world.contexts(), vec![vec!["said after".to_owned()]]);
+}
+
+#[tokio::test]
+async fn a_failed_first_login_says_why_and_can_be_retried() {
+    let mut world = World::start(SynapseOptions::default(), "").await;
+    world.bot().stop("TERM");
+    // A second bot account, first started with a wrong password.
+    let other = world
+        .synapse
+        .register("otherbot", "right-password", false)
+        .await;
+    let config = std::fs::read_to_string(&world.config)
+        .unwrap()
+        .replace(world.bot_id.as_str(), &other.user_id)
+        .replace("/matrix\"", "/matrix-other\"");
+    let other_config = world.dir.path().join("other.toml");
+    std::fs::write(&other_config, config).unwrap();
+    let log = world.dir.path().join("other.log");
+    let mut wrong = BotProcess::start(
+        &other_config,
+        &[("POE_API_KEY", KEY), ("MATRIX_PASSWORD", "wrong-password")],
+        &log,
+    );
+    let status = wrong.wait_for_exit(WAIT).await;
+    assert!(!status.success());
+    let output = wrong.log();
+    assert!(output.contains("cannot log in to Matrix"), "{output}");
+    assert!(
+        !output.contains("wrong-password"),
+        "the password leaked: {output}"
+    );
+    let mut right = BotProcess::start(
+        &other_config,
+        &[("POE_API_KEY", KEY), ("MATRIX_PASSWORD", "right-password")],
+        &log,
+    );
+    right.wait_for_log("poe-relay started", 1, WAIT).await;
+    assert!(right.log().contains("logged in as a new device"));
 }

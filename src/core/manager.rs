@@ -119,6 +119,11 @@ impl Manager {
         }
     }
 
+    /// When this manager started: events stamped earlier are never answered.
+    pub fn started_ms(&self) -> i64 {
+        self.inner.started_ms
+    }
+
     pub fn services(&self) -> &Services {
         &self.inner.services
     }

@@ -60,6 +60,22 @@ impl BotProcess {
         }
     }
 
+    /// Waits for the process to end by itself.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("the bot is running");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("poe-relay did not exit within {timeout:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends `signal` (e.g. "KILL", "TERM") and waits for the process to end.
     pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the bot is running");

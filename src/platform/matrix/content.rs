@@ -42,6 +42,20 @@ pub fn edit(original: &str, text: &str) -> Value {
 }
 
 fn body(text: &str, with_html: bool) -> Map<String, Value> {
+    // Control characters show as nothing, but take six bytes each in JSON.
+    let cleaned: String;
+    let text = if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        cleaned = text
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+            .collect();
+        &cleaned
+    } else {
+        text
+    };
     let mut content = Map::new();
     content.insert("msgtype".into(), "m.text".into());
     content.insert("body".into(), text.into());
@@ -79,6 +93,20 @@ fn fit(mut content: Map<String, Value>) -> Value {
         }
         content.remove("format");
         content.remove("formatted_body");
+    }
+    // An edit carries its text twice; the outer copy is only a fallback for old clients.
+    if size(&content) > MAX_CONTENT_BYTES
+        && content.contains_key("m.new_content")
+        && let Some(Value::String(fallback)) = content.get_mut("body")
+    {
+        let cut = fallback
+            .char_indices()
+            .map(|(index, _)| index)
+            .take_while(|index| *index <= 1_000)
+            .last()
+            .unwrap_or(0);
+        fallback.truncate(cut);
+        fallback.push('…');
     }
     Value::Object(content)
 }
@@ -169,6 +197,19 @@ mod tests {
         );
         assert_eq!(content["m.new_content"]["m.mentions"], json!({}));
         assert_eq!(content["m.mentions"], json!({}));
+    }
+
+    #[test]
+    fn an_edit_of_escape_heavy_text_still_fits() {
+        // Control characters take six bytes each in JSON.
+        let text = "\u{1}\"".repeat(4_000);
+        let content = edit("$orig", &text);
+        assert!(
+            encoded_len(&content) <= MAX_CONTENT_BYTES + 4_000,
+            "{}",
+            encoded_len(&content)
+        );
+        assert_eq!(content["m.new_content"]["body"], "\"".repeat(4_000));
     }
 
     #[test]

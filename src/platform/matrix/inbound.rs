@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
 use matrix_sdk::ruma::events::room::MediaSource;
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
@@ -18,19 +19,22 @@ use matrix_sdk::ruma::events::room::power_levels::UserPowerLevel;
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
 };
-use matrix_sdk::ruma::{Int, OwnedRoomId, UserId};
+use matrix_sdk::ruma::{Int, OwnedRoomId, OwnedUserId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 use tokio::sync::mpsc;
 
 use super::outbound::MatrixOutbound;
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
 use crate::config::MatrixConfig;
-use crate::core::manager::Manager;
+use crate::core::manager::{Manager, now_ms};
 use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound};
 use crate::poe::FileSource;
 
 /// The platform name in channel keys and ledger entries.
 pub const PLATFORM: &str = "matrix";
+
+/// Longest wait for an attachment from the homeserver.
+const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Takes the events the sync loop hands over.
 pub struct Receiver {
@@ -38,9 +42,13 @@ pub struct Receiver {
     out: Arc<MatrixOutbound>,
     config: MatrixConfig,
     names: BotNames,
+    user_id: OwnedUserId,
     max_attachment_bytes: u64,
     started_ms: i64,
     rooms: Mutex<HashMap<OwnedRoomId, mpsc::UnboundedSender<OriginalSyncRoomMessageEvent>>>,
+    /// Rooms joined while running, with the time of joining: what was said there before the
+    /// bot came in is not for it, even if it arrives with the join.
+    joined_at: Mutex<HashMap<OwnedRoomId, i64>>,
 }
 
 /// A file on a message, before it is fetched.
@@ -57,24 +65,44 @@ impl Receiver {
         out: Arc<MatrixOutbound>,
         config: MatrixConfig,
         names: BotNames,
-        started_ms: i64,
+        user_id: OwnedUserId,
     ) -> Receiver {
         let max_attachment_bytes = manager.services().config.chat.max_attachment_bytes;
         Receiver {
+            started_ms: manager.started_ms(),
             manager,
             out,
             config,
             names,
+            user_id,
             max_attachment_bytes,
-            started_ms,
             rooms: Mutex::new(HashMap::new()),
+            joined_at: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn user_id(&self) -> &UserId {
+        &self.user_id
+    }
+
+    /// An event the bot cannot read (yet): without its room key there is no question to
+    /// answer. Logged, so an operator can see why someone got no answer.
+    pub fn undecryptable(&self, event: &OriginalSyncRoomEncryptedEvent, room: &Room) {
+        if i64::from(event.origin_server_ts.0) < self.started_ms {
+            return;
+        }
+        tracing::warn!(
+            room = %room.room_id(),
+            event = %event.event_id,
+            sender = %event.sender,
+            "matrix: cannot decrypt a message (the sender's client did not share its key with this device); it is not answered"
+        );
     }
 
     /// Called by the sync loop for every room message; returns at once.
     pub fn accept(self: &Arc<Self>, event: OriginalSyncRoomMessageEvent, room: Room) {
         if room.state() != RoomState::Joined
-            || event.sender.as_str() == self.names.user_id
+            || event.sender == self.user_id
             || self
                 .config
                 .ignored_users
@@ -84,14 +112,12 @@ impl Receiver {
             return;
         }
         let timestamp_ms = i64::from(event.origin_server_ts.0);
-        if timestamp_ms < self.started_ms {
-            tracing::debug!(event = %event.event_id, "ignoring an event from before the start");
+        let joined_at = lock(&self.joined_at).get(room.room_id()).copied();
+        if timestamp_ms < self.started_ms.max(joined_at.unwrap_or(0)) {
+            tracing::debug!(event = %event.event_id, "ignoring an event from before the start or the join");
             return;
         }
-        let mut rooms = self
-            .rooms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rooms = lock(&self.rooms);
         let event = match rooms.get(room.room_id()) {
             Some(queue) => match queue.send(event) {
                 Ok(()) => return,
@@ -181,12 +207,33 @@ impl Receiver {
         } else {
             body
         };
-        let members = active_members(room).await;
-        let addressing = Addressing {
-            mentions_bot: mentions(&content, &self.names.user_id),
-            is_direct: members <= 2,
+        let mentions_bot = mentions(&content, &self.names.user_id);
+        // Most messages in a busy room are not for the bot: decide that without loading the
+        // member list, which only small rooms (possible direct chats) need.
+        let addressed = classify(
+            &body,
+            &self.names,
+            Addressing {
+                mentions_bot,
+                is_direct: false,
+            },
+        );
+        let members = if addressed.is_some() || room.active_members_count() <= 2 {
+            active_members(room).await
+        } else {
+            room.active_members_count()
         };
-        let (invocation, text) = classify(&body, &self.names, addressing)?;
+        let (invocation, text) = match addressed {
+            Some(found) => found,
+            None => classify(
+                &body,
+                &self.names,
+                Addressing {
+                    mentions_bot,
+                    is_direct: members <= 2,
+                },
+            )?,
+        };
 
         let mut channel = ChannelKey::new(PLATFORM, room.room_id().as_str());
         if let Some(root) = &thread_root {
@@ -266,11 +313,16 @@ impl Receiver {
             source: file.source.clone(),
             format: MediaFormat::File,
         };
-        let data = room
-            .client()
-            .media()
-            .get_media_content(&request, false)
+        let client = room.client();
+        let media = client.media();
+        let data = tokio::time::timeout(DOWNLOAD_TIMEOUT, media.get_media_content(&request, false))
             .await
+            .map_err(|_| {
+                format!(
+                    "it took longer than {} s to download",
+                    DOWNLOAD_TIMEOUT.as_secs()
+                )
+            })?
             .map_err(|err| format!("the homeserver did not hand it over ({err})"))?;
         let size = data.len() as u64;
         if size > self.max_attachment_bytes {
@@ -382,44 +434,55 @@ pub fn invite_allowed(config: &MatrixConfig, inviter: &UserId) -> bool {
             .any(|server| server.eq_ignore_ascii_case(inviter.server_name().as_str()))
 }
 
-/// Joins or declines an invite to the bot.
-pub async fn answer_invite(config: &MatrixConfig, room: Room, inviter: &UserId) {
-    if !invite_allowed(config, inviter) {
-        tracing::info!(room = %room.room_id(), %inviter, "declining an invite from a user not in matrix.allowed_users or allowed_servers");
-        if let Err(err) = room.leave().await {
-            tracing::warn!(%err, "cannot decline the invite");
-        }
-        return;
-    }
-    // A homeserver may announce the invite before it can be acted on; try a few times.
-    let mut delay = std::time::Duration::from_millis(500);
-    for attempt in 1..=5 {
-        match room.join().await {
-            Ok(()) => {
-                tracing::info!(room = %room.room_id(), %inviter, "joined a room");
-                return;
-            }
-            Err(err) if attempt < 5 => {
-                tracing::debug!(%err, attempt, "cannot join yet");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot join a room"),
-        }
-    }
-}
-
 /// The invite handler's filter: invites of the bot itself.
 pub fn is_own_invite(event: &StrippedRoomMemberEvent, own: &UserId) -> bool {
     event.state_key == own && event.content.membership == MembershipState::Invite
 }
 
-/// Answers invites that arrived while the bot was away.
-pub async fn answer_pending_invites(client: &Client, config: &MatrixConfig) {
-    for room in client.invited_rooms() {
-        match room.invite_details().await {
-            Ok(invite) => answer_invite(config, room, &invite.inviter_id).await,
-            Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot read an invite"),
+impl Receiver {
+    /// Joins or declines an invite to the bot.
+    pub async fn answer_invite(&self, room: Room, inviter: &UserId) {
+        if !invite_allowed(&self.config, inviter) {
+            tracing::info!(room = %room.room_id(), %inviter, "declining an invite from a user not in matrix.allowed_users or allowed_servers");
+            if let Err(err) = room.leave().await {
+                tracing::warn!(%err, "cannot decline the invite");
+            }
+            return;
+        }
+        lock(&self.joined_at)
+            .entry(room.room_id().to_owned())
+            .or_insert_with(now_ms);
+        // A homeserver may announce the invite before it can be acted on; try a few times.
+        let mut delay = std::time::Duration::from_millis(500);
+        for attempt in 1..=5 {
+            match room.join().await {
+                Ok(()) => {
+                    tracing::info!(room = %room.room_id(), %inviter, "joined a room");
+                    return;
+                }
+                Err(err) if attempt < 5 => {
+                    tracing::debug!(%err, attempt, "cannot join yet");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot join a room"),
+            }
         }
     }
+
+    /// Answers invites that arrived while the bot was away.
+    pub async fn answer_pending_invites(&self, client: &Client) {
+        for room in client.invited_rooms() {
+            match room.invite_details().await {
+                Ok(invite) => self.answer_invite(room, &invite.inviter_id).await,
+                Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot read an invite"),
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

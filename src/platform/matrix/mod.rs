@@ -17,6 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::UInt;
+use matrix_sdk::ruma::api::client::filter::FilterDefinition;
+use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::OriginalSyncRoomMessageEvent;
 use matrix_sdk::{Client, Room};
@@ -27,7 +31,7 @@ use self::outbound::MatrixOutbound;
 use self::session::{Credentials, Origin};
 use self::trigger::BotNames;
 use crate::config::MatrixConfig;
-use crate::core::manager::{Manager, now_ms};
+use crate::core::manager::Manager;
 use crate::secret::Secret;
 
 pub use self::inbound::PLATFORM;
@@ -60,24 +64,22 @@ pub enum MatrixError {
          logged out, delete matrix.data_dir to log in again as a new device"
     )]
     SessionRejected { path: String, reason: String },
-    #[error("the first sync with the homeserver failed: {0}")]
-    Sync(String),
 }
 
-/// A logged-in bot, caught up with its rooms, before it starts answering.
+/// A logged-in bot, before it starts answering.
 pub struct Matrix {
     client: Client,
     config: MatrixConfig,
     out: Arc<MatrixOutbound>,
-    next_batch: String,
 }
 
 impl Matrix {
-    /// Logs in (or restores the saved device) and catches up with the homeserver.
+    /// Logs in (or restores the saved device).
     pub async fn connect(
         config: &MatrixConfig,
         credentials: Option<Credentials>,
         store_passphrase: Option<&Secret>,
+        allow_plain_http_files: bool,
     ) -> Result<Matrix, MatrixError> {
         let (client, origin) = session::open(config, credentials, store_passphrase).await?;
         let device = client
@@ -92,15 +94,10 @@ impl Matrix {
                 tracing::info!(user = %config.user_id, %device, "matrix: logged in as a new device")
             }
         }
-        let response = client
-            .sync_once(SyncSettings::default())
-            .await
-            .map_err(|err| MatrixError::Sync(err.to_string()))?;
         Ok(Matrix {
-            out: Arc::new(MatrixOutbound::new(client.clone())),
+            out: Arc::new(MatrixOutbound::new(client.clone(), allow_plain_http_files)),
             client,
             config: config.clone(),
-            next_batch: response.next_batch,
         })
     }
 
@@ -109,17 +106,21 @@ impl Matrix {
         self.out.clone()
     }
 
-    /// The device this bot is, as the homeserver knows it.
-    pub fn device_id(&self) -> Option<String> {
-        self.client.device_id().map(|device| device.to_string())
-    }
-
     /// Answers the rooms until `shutdown` turns true.
+    ///
+    /// The handlers are in place before the first sync, so nothing that arrives during
+    /// start-up is missed; what was sent before the manager started is dropped by its
+    /// timestamp (the first sync after a fresh login returns recent history, and after a
+    /// restart what was said while the bot was away).
     pub async fn run(self, manager: Manager, mut shutdown: watch::Receiver<bool>) {
         let client = self.client;
+        let Some(user_id) = client.user_id().map(ToOwned::to_owned) else {
+            tracing::error!("matrix: the client has no user id after login; not syncing");
+            return;
+        };
         let display_name = client.account().get_display_name().await.ok().flatten();
         let names = BotNames {
-            user_id: self.config.user_id.clone(),
+            user_id: user_id.to_string(),
             display_name,
         };
         let receiver = Arc::new(Receiver::new(
@@ -127,9 +128,8 @@ impl Matrix {
             self.out.clone(),
             self.config.clone(),
             names,
-            now_ms(),
+            user_id.clone(),
         ));
-        inbound::answer_pending_invites(&client, &self.config).await;
 
         client.add_event_handler({
             let receiver = receiver.clone();
@@ -139,49 +139,72 @@ impl Matrix {
             }
         });
         client.add_event_handler({
-            let config = self.config.clone();
-            move |event: StrippedRoomMemberEvent, room: Room, client: Client| {
-                let config = config.clone();
+            let receiver = receiver.clone();
+            move |event: OriginalSyncRoomEncryptedEvent, room: Room| {
+                receiver.undecryptable(&event, &room);
+                async {}
+            }
+        });
+        client.add_event_handler({
+            let receiver = receiver.clone();
+            move |event: StrippedRoomMemberEvent, room: Room| {
+                let receiver = receiver.clone();
                 async move {
-                    let Some(own) = client.user_id() else {
-                        return;
-                    };
-                    if inbound::is_own_invite(&event, own) {
+                    if inbound::is_own_invite(&event, receiver.user_id()) {
                         // Joining can take retries; the sync loop must not wait for it.
                         tokio::spawn(async move {
-                            inbound::answer_invite(&config, room, &event.sender).await;
+                            receiver.answer_invite(room, &event.sender).await;
                         });
                     }
                 }
             }
         });
 
-        let mut settings = SyncSettings::default()
-            .timeout(Duration::from_secs(30))
-            .token(self.next_batch);
+        let mut settings = sync_settings();
         let mut failures = 0u32;
+        let mut caught_up = false;
         loop {
-            let pause = tokio::select! {
+            let result = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                result = client.sync_once(settings.clone()) => match result {
-                    Ok(response) => {
-                        failures = 0;
-                        settings = settings.token(response.next_batch);
-                        continue;
-                    }
-                    Err(err) => {
-                        failures += 1;
-                        let pause = Duration::from_secs(1 << failures.min(6));
-                        tracing::warn!(%err, ?pause, "matrix: sync failed; retrying");
-                        pause
-                    }
-                },
+                result = client.sync_once(settings.clone()) => result,
             };
-            tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                _ = tokio::time::sleep(pause) => {}
+            match result {
+                Ok(response) => {
+                    failures = 0;
+                    settings = settings.token(response.next_batch);
+                    for (room_id, room) in &response.rooms.joined {
+                        if room.timeline.limited {
+                            tracing::debug!(room = %room_id, "matrix: the sync skipped part of a room's timeline");
+                        }
+                    }
+                    if !caught_up {
+                        caught_up = true;
+                        tracing::info!("matrix: connected and caught up");
+                        // Invites that arrived while the bot was away.
+                        receiver.answer_pending_invites(&client).await;
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    let pause = Duration::from_secs(1 << failures.min(6));
+                    tracing::warn!(%err, ?pause, "matrix: sync failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
             }
         }
         tracing::info!("matrix: stopped syncing");
     }
+}
+
+/// Long polls of 30 s, and room timelines of up to 50 events per sync so a burst does not
+/// leave a gap.
+fn sync_settings() -> SyncSettings {
+    let mut filter = FilterDefinition::default();
+    filter.room.timeline.limit = Some(UInt::from(50u32));
+    SyncSettings::default()
+        .timeout(Duration::from_secs(30))
+        .filter(Filter::FilterDefinition(filter))
 }

@@ -32,15 +32,23 @@ const MAX_FILE_BYTES: usize = 32 * 1024 * 1024;
 pub struct MatrixOutbound {
     client: Client,
     downloads: reqwest::Client,
+    /// Files in answers come from Poe's CDN over https; plain http is only for a Poe on
+    /// loopback (tests).
+    allow_plain_http_files: bool,
 }
 
 impl MatrixOutbound {
-    pub fn new(client: Client) -> MatrixOutbound {
+    pub fn new(client: Client, allow_plain_http_files: bool) -> MatrixOutbound {
         let downloads = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .unwrap_or_default();
-        MatrixOutbound { client, downloads }
+        MatrixOutbound {
+            client,
+            downloads,
+            allow_plain_http_files,
+        }
     }
 
     fn room(&self, channel: &ChannelKey) -> Result<Room, PlatformError> {
@@ -56,7 +64,8 @@ impl MatrixOutbound {
     }
 
     async fn send_content(&self, room: &Room, content: Value) -> Result<MessageId, PlatformError> {
-        if content::encoded_len(&content) > MAX_CONTENT_BYTES * 3 / 2 {
+        // Encryption wraps the content in base64 (a third more): stay clear of 64 KiB.
+        if content::encoded_len(&content) > MAX_CONTENT_BYTES + 4_000 {
             return Err(PlatformError::Failed {
                 detail: "the message is too large for one Matrix event".into(),
             });
@@ -71,8 +80,10 @@ impl MatrixOutbound {
 
     async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
         let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err("not an http(s) URL".into());
+        match parsed.scheme() {
+            "https" => {}
+            "http" if self.allow_plain_http_files => {}
+            _ => return Err("not an https URL".into()),
         }
         let mut response = self
             .downloads
@@ -107,6 +118,15 @@ pub fn platform_error(err: matrix_sdk::Error) -> PlatformError {
             None => Duration::from_secs(1),
         };
         return PlatformError::RateLimited { retry_after };
+    }
+    // A proxy in front of the homeserver may answer 429 without Matrix's error body.
+    if err
+        .as_client_api_error()
+        .is_some_and(|api| api.status_code.as_u16() == 429)
+    {
+        return PlatformError::RateLimited {
+            retry_after: Duration::from_secs(1),
+        };
     }
     PlatformError::Failed {
         detail: err.to_string(),
@@ -162,7 +182,13 @@ impl Outbound for MatrixOutbound {
 
     async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError> {
         let room = self.room(channel)?;
-        room.typing_notice(true).await.map_err(platform_error)
+        // matrix-sdk retries typing notices for minutes; the renderer must not wait on one.
+        match tokio::time::timeout(Duration::from_secs(2), room.typing_notice(true)).await {
+            Ok(result) => result.map_err(platform_error),
+            Err(_) => Err(PlatformError::Failed {
+                detail: "the typing notice timed out".into(),
+            }),
+        }
     }
 
     async fn send_file(
@@ -199,7 +225,12 @@ impl Outbound for MatrixOutbound {
             "info": { "mimetype": mime.essence_str(), "size": size },
             "m.mentions": {},
         });
-        if room.encryption_state().is_encrypted() {
+        let encrypted = room
+            .latest_encryption_state()
+            .await
+            .map_err(platform_error)?
+            .is_encrypted();
+        if encrypted {
             let mut reader = std::io::Cursor::new(data);
             let encrypted = self
                 .client

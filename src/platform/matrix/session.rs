@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedUserId};
 use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, SessionMeta, SessionTokens};
@@ -42,21 +43,29 @@ pub async fn open(
     credentials: Option<Credentials>,
     store_passphrase: Option<&Secret>,
 ) -> Result<(Client, Origin), MatrixError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|err| MatrixError::DataDir {
-        path: config.data_dir.display().to_string(),
-        reason: err.to_string(),
-    })?;
+    create_private_dir(&config.data_dir)?;
+    let path = session_path(config);
+    let store = config.data_dir.join("store");
+    if !path.exists() && store.exists() {
+        // A login was interrupted before its session was saved: the store holds keys of a
+        // device this process can no longer act as.
+        return Err(MatrixError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: "it holds an encryption store but no session.json (an earlier first login \
+                     was interrupted); delete the directory to log in again as a new device"
+                .into(),
+        });
+    }
+    if !path.exists() && credentials.is_none() {
+        return Err(MatrixError::NoCredentials);
+    }
     let client = Client::builder()
         .homeserver_url(&config.homeserver)
-        .sqlite_store(
-            config.data_dir.join("store"),
-            store_passphrase.map(Secret::expose),
-        )
+        .sqlite_store(&store, store_passphrase.map(Secret::expose))
         .build()
         .await
         .map_err(|err| MatrixError::Connect(err.to_string()))?;
 
-    let path = session_path(config);
     if path.exists() {
         let session = read_session(&path)?;
         if session.meta.user_id.as_str() != config.user_id {
@@ -72,19 +81,48 @@ pub async fn open(
             .await
             .map_err(|err| MatrixError::Login(err.to_string()))?;
         // The token may have been revoked while the bot was away.
-        client
-            .whoami()
-            .await
-            .map_err(|err| MatrixError::SessionRejected {
-                path: path.display().to_string(),
-                reason: err.to_string(),
-            })?;
+        if let Err(err) = client.whoami().await {
+            let rejected = err.as_client_api_error().is_some_and(|api| {
+                api.status_code.as_u16() == 401
+                    || matches!(api.error_kind(), Some(ErrorKind::UnknownToken { .. }))
+            });
+            return Err(if rejected {
+                MatrixError::SessionRejected {
+                    path: path.display().to_string(),
+                    reason: err.to_string(),
+                }
+            } else {
+                MatrixError::Connect(err.to_string())
+            });
+        }
         return Ok((client, Origin::Restored));
     }
 
+    let Some(credentials) = credentials else {
+        return Err(MatrixError::NoCredentials);
+    };
+    match first_login(&client, config, credentials).await {
+        Ok(session) => {
+            write_session(&path, &session)?;
+            Ok((client, Origin::LoggedIn))
+        }
+        Err(err) => {
+            // Nothing worth keeping was stored; leaving it would block the next try.
+            drop(client);
+            let _ = std::fs::remove_dir_all(&store);
+            Err(err)
+        }
+    }
+}
+
+/// Logs in as a new device (password) or as the token's device.
+async fn first_login(
+    client: &Client,
+    config: &MatrixConfig,
+    credentials: Credentials,
+) -> Result<MatrixSession, MatrixError> {
     match credentials {
-        None => return Err(MatrixError::NoCredentials),
-        Some(Credentials::Password(password)) => {
+        Credentials::Password(password) => {
             client
                 .matrix_auth()
                 .login_username(&config.user_id, password.expose())
@@ -92,7 +130,7 @@ pub async fn open(
                 .await
                 .map_err(|err| MatrixError::Login(err.to_string()))?;
         }
-        Some(Credentials::AccessToken(token)) => {
+        Credentials::AccessToken(token) => {
             let (user_id, device_id) = whoami(&config.homeserver, &token).await?;
             if user_id.as_str() != config.user_id {
                 return Err(MatrixError::Login(format!(
@@ -118,8 +156,27 @@ pub async fn open(
         .matrix_auth()
         .session()
         .ok_or_else(|| MatrixError::Login("the homeserver returned no session".into()))?;
-    write_session(&path, &session)?;
-    Ok((client, Origin::LoggedIn))
+    if session.meta.user_id.as_str() != config.user_id {
+        // Ids are case-sensitive: `@Poe:x` logs in as `@poe:x`, and the bot would not
+        // recognise its own messages.
+        return Err(MatrixError::Login(format!(
+            "the homeserver knows this account as {}; set matrix.user_id to exactly that",
+            session.meta.user_id
+        )));
+    }
+    Ok(session)
+}
+
+/// The data directory holds the device's keys: only the bot's user may read it.
+fn create_private_dir(dir: &Path) -> Result<(), MatrixError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|err| MatrixError::DataDir {
+        path: dir.display().to_string(),
+        reason: err.to_string(),
+    })
 }
 
 fn read_session(path: &Path) -> Result<MatrixSession, MatrixError> {
