@@ -75,6 +75,22 @@ async fn check_config_rejects_broken_configs_precisely() {
             "poe.api_key: secrets are not read from the config file",
         ),
         ("[poe\n", "TOML parse error"),
+        (
+            "[matrix]\nenabled = true\nhomeserver = \"https://m.example\"\nuser_id = \"poe\"\n",
+            "matrix.user_id: must be the bot's full Matrix id",
+        ),
+        (
+            "[matrix]\nenabled = true\nuser_id = \"@poe:m.example\"\n",
+            "matrix.homeserver: must be set when matrix.enabled is true",
+        ),
+        (
+            "[matrix]\nadmins = [\"alice\"]\n",
+            "matrix.admins[0]: `alice` is not a Matrix id",
+        ),
+        (
+            "[matrix]\npassword = \"hunter2\"\n",
+            "matrix.password: secrets are not read from the config file; remove it and set MATRIX_PASSWORD",
+        ),
     ];
     for (index, (toml, expected)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("broken-{index}.toml"));
@@ -106,6 +122,45 @@ async fn check_config_rejects_broken_configs_precisely() {
         "{}",
         text(&output)
     );
+}
+
+#[tokio::test]
+async fn check_config_wants_matrix_credentials_for_a_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("matrix.toml");
+    let data = dir.path().join("matrix-data");
+    std::fs::write(
+        &path,
+        format!(
+            "[matrix]\nenabled = true\nhomeserver = \"http://127.0.0.1:9\"\nuser_id = \"@poe:localhost\"\ndata_dir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let output = run(
+        &["check-config", "--config", config],
+        &[("POE_API_KEY", KEY)],
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("neither MATRIX_PASSWORD nor MATRIX_ACCESS_TOKEN is set"),
+        "{}",
+        text(&output)
+    );
+    let output = run(
+        &["check-config", "--config", config],
+        &[("POE_API_KEY", KEY), ("MATRIX_PASSWORD", "hunter2")],
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("matrix: @poe:localhost"),
+        "{}",
+        text(&output)
+    );
+    assert!(!text(&output).contains("hunter2"));
 }
 
 #[tokio::test]
@@ -203,22 +258,41 @@ async fn run_logs_json_on_request_and_stops_cleanly_on_sigterm() {
     let pid = child.id().unwrap().to_string();
     // Wait for the start-up line before signalling, so the handler is installed.
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
-    )
-    .await
-    .expect("no log line within 30 s")
-    .unwrap();
-    let line: serde_json::Value =
-        serde_json::from_str(&first).unwrap_or_else(|err| panic!("not JSON ({err}): {first}"));
-    assert_eq!(line["level"], "INFO");
+    // Every line is JSON; the last start-up line says it started.
+    let mut seen = Vec::new();
+    loop {
+        let mut text = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut text),
+        )
+        .await
+        .expect("no log line within 30 s")
+        .unwrap();
+        assert!(
+            !text.is_empty(),
+            "the log ended before the start: {seen:#?}"
+        );
+        assert!(!text.contains(KEY));
+        let line: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"));
+        let started = line["message"] == "poe-relay started";
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    let started = seen.last().unwrap();
+    assert_eq!(started["level"], "INFO");
+    // No platform is enabled in this config, and the operator is told so.
     assert!(
-        line["message"].as_str().unwrap().contains("started"),
-        "{line}"
+        seen.iter().any(|line| line["level"] == "WARN"
+            && line["message"]
+                .as_str()
+                .unwrap()
+                .contains("no chat platform")),
+        "{seen:#?}"
     );
-    assert!(!first.contains(KEY));
 
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])

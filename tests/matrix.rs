@@ -733,6 +733,28 @@ async fn bad_input_gets_a_clear_reply_or_is_ignored() {
             .await
             .expect("send a malformed event");
     }
+    // An encrypted event nobody can decrypt (no such session): logged, not answered.
+    let garbage = json!({
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "bm90IGEgcmVhbCBjaXBoZXJ0ZXh0",
+        "session_id": "no-such-session",
+        "device_id": "NOSUCHDEVICE",
+        "sender_key": "bm90IGEga2V5",
+    });
+    let token = alice.client.access_token().expect("Alice's token");
+    let (status, body) = world
+        .synapse
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.encrypted/garbage1",
+                synapse::encode(room.as_str())
+            ),
+            Some(&token),
+            Some(&garbage),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
     // A message far over the bot's question limit.
     let huge = alice.say(&room, &"x".repeat(40_000)).await;
     let shown = alice
@@ -752,6 +774,9 @@ async fn bad_input_gets_a_clear_reply_or_is_ignored() {
         })
         .await;
     assert_eq!(shown.len(), 3, "{shown:#?}");
+    let mut world = world;
+    let log = world.bot().log();
+    assert!(log.contains("cannot decrypt a message"), "{log}");
     let contexts = world.contexts();
     assert_eq!(contexts.len(), 2, "{contexts:#?}");
     assert_eq!(
