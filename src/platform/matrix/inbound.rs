@@ -157,33 +157,11 @@ impl Receiver {
             MessageType::Emote(emote) => (emote.body.clone(), None),
             MessageType::Image(image) => (
                 caption(&image.body, image.filename.as_deref()),
-                Some(MediaRef {
-                    source: image.source.clone(),
-                    name: file_name(&image.body, image.filename.as_deref()),
-                    content_type: image
-                        .info
-                        .as_ref()
-                        .and_then(|info| info.mimetype.clone())
-                        .unwrap_or_else(|| "image/png".into()),
-                    declared_size: image
-                        .info
-                        .as_ref()
-                        .and_then(|info| info.size)
-                        .map(u64::from),
-                }),
+                media_ref(&content.msgtype),
             ),
             MessageType::File(file) => (
                 caption(&file.body, file.filename.as_deref()),
-                Some(MediaRef {
-                    source: file.source.clone(),
-                    name: file_name(&file.body, file.filename.as_deref()),
-                    content_type: file
-                        .info
-                        .as_ref()
-                        .and_then(|info| info.mimetype.clone())
-                        .unwrap_or_else(|| "application/octet-stream".into()),
-                    declared_size: file.info.as_ref().and_then(|info| info.size).map(u64::from),
-                }),
+                media_ref(&content.msgtype),
             ),
             // Notices are what bots send; answering them invites loops.
             _ => return None,
@@ -394,33 +372,36 @@ fn media_of(event: &TimelineEvent) -> Option<MediaRef> {
     else {
         return None;
     };
-    match message.content.msgtype {
-        MessageType::Image(image) => Some(MediaRef {
-            name: file_name(&image.body, image.filename.as_deref()),
-            content_type: image
-                .info
-                .as_ref()
-                .and_then(|info| info.mimetype.clone())
-                .unwrap_or_else(|| "image/png".into()),
-            declared_size: image
-                .info
-                .as_ref()
-                .and_then(|info| info.size)
-                .map(u64::from),
-            source: image.source,
-        }),
-        MessageType::File(file) => Some(MediaRef {
-            name: file_name(&file.body, file.filename.as_deref()),
-            content_type: file
-                .info
-                .as_ref()
-                .and_then(|info| info.mimetype.clone())
-                .unwrap_or_else(|| "application/octet-stream".into()),
-            declared_size: file.info.as_ref().and_then(|info| info.size).map(u64::from),
-            source: file.source,
-        }),
-        _ => None,
-    }
+    media_ref(&message.content.msgtype)
+}
+
+/// The file an image or file message carries.
+fn media_ref(msgtype: &MessageType) -> Option<MediaRef> {
+    let (body, filename, source, mimetype, size, fallback_type) = match msgtype {
+        MessageType::Image(image) => (
+            &image.body,
+            &image.filename,
+            &image.source,
+            image.info.as_ref().and_then(|info| info.mimetype.clone()),
+            image.info.as_ref().and_then(|info| info.size),
+            "image/png",
+        ),
+        MessageType::File(file) => (
+            &file.body,
+            &file.filename,
+            &file.source,
+            file.info.as_ref().and_then(|info| info.mimetype.clone()),
+            file.info.as_ref().and_then(|info| info.size),
+            "application/octet-stream",
+        ),
+        _ => return None,
+    };
+    Some(MediaRef {
+        source: source.clone(),
+        name: file_name(body, filename.as_deref()),
+        content_type: mimetype.unwrap_or_else(|| fallback_type.into()),
+        declared_size: size.map(u64::from),
+    })
 }
 
 /// Whether an invite from `inviter` is accepted: configured users and servers, and admins.
