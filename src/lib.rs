@@ -12,3 +12,4 @@ pub mod platform;
 pub mod poe;
 pub mod secret;
 pub mod store;
+pub mod tls;

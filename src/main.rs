@@ -53,6 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    poe_relay::tls::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

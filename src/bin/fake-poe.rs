@@ -25,6 +25,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    poe_relay::tls::install_crypto_provider();
     let args = Args::parse();
     let fake = FakePoe::start_on(SocketAddr::from(([127, 0, 0, 1], args.port)), &args.key)
         .await

@@ -69,6 +69,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    poe_relay::tls::install_crypto_provider();
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     match args.command {

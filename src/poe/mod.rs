@@ -62,6 +62,7 @@ impl std::fmt::Debug for PoeClient {
 
 impl PoeClient {
     pub fn new(config: PoeConfig, key: Secret) -> Result<Self, PoeError> {
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout())
             .user_agent(concat!("poe-relay/", env!("CARGO_PKG_VERSION")))

@@ -43,6 +43,7 @@ pub async fn open(
     credentials: Option<Credentials>,
     store_passphrase: Option<&Secret>,
 ) -> Result<(Client, Origin), MatrixError> {
+    crate::tls::install_crypto_provider();
     create_private_dir(&config.data_dir)?;
     let path = session_path(config);
     let store = config.data_dir.join("store");

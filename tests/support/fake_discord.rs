@@ -1,0 +1,2131 @@
+//! A fake Discord on 127.0.0.1 that the real serenity client connects to.
+//!
+//! It owns both halves of what a bot talks to: the REST API under `/api/v10` (axum) and the
+//! gateway websocket at `/gateway`, plus `/attachments/…`, where the files of inbound messages
+//! (and files the bot uploads) are served so a bot can download them over loopback. Tests
+//! drive it ([`FakeDiscord::dispatch_message`], [`FakeDiscord::dispatch_command`], gateway
+//! faults) and inspect what the bot did ([`FakeDiscord::messages`], [`FakeDiscord::calls`],
+//! [`FakeDiscord::interactions`], [`FakeDiscord::violations`]).
+//!
+//! Why a fake and not mocks: the Discord adapter must be proven against serenity's real HTTP
+//! client, gateway state machine (IDENTIFY, heartbeats, RESUME and sequence replay) and model
+//! deserialisation, and against the limits Discord enforces. Every payload here carries the
+//! fields serenity 0.12.5 requires (checked against its source), so a missing field shows up
+//! as a silently dropped event in serenity, exactly as it would against Discord.
+//!
+//! Pointing serenity at it: `HttpBuilder::new(token).proxy(fake.api_base())
+//! .ratelimiter_disabled(true)` (serenity only applies the proxy with its rate limiter off, and
+//! then neither paces nor retries 429s: the bot sees them), and `client.ws_url` set to
+//! [`FakeDiscord::gateway_url`] (serenity also learns it from `GET /gateway`).
+//!
+//! What it enforces, answering like Discord (JSON error bodies with `code` and `message`, and
+//! `errors` for form errors) and recording a [`Violation`]:
+//! - `Authorization: Bot <token>` on every API call (401), the IDENTIFY/RESUME token;
+//! - message content of at most 2,000 characters, non-empty messages;
+//! - test policy: every message write with content carries `allowed_mentions` that mentions
+//!   nobody (`parse` empty, no `users`/`roles`, `replied_user` not true); Discord itself would
+//!   accept the request, but a relay of model output must never ping anyone;
+//! - `message_reference` to a message that exists; edits only of the bot's own messages;
+//! - interactions: one callback each, within the deadline (3 s, as Discord); `@original` and
+//!   follow-ups only after the callback;
+//! - command registration: names and descriptions Discord would accept;
+//! - routes: anything not implemented here answers 404 and is a violation too, so a bot
+//!   calling an endpoint the fake does not know is noticed rather than silently tolerated.
+//!
+//! Optional per-channel rate limit ([`FakeDiscord::rate_limit`]) and injected 429s
+//! ([`FakeDiscord::inject_429`]) answer `429` with Discord's body and `Retry-After` /
+//! `X-RateLimit-*` headers; they count message creates and edits in that channel, including
+//! interaction webhook messages of interactions in that channel. 429s are counted, not treated
+//! as violations.
+//!
+//! Gateway: HELLO, IDENTIFY → READY, HEARTBEAT → ACK, RESUME (replays every dispatch after the
+//! client's sequence number, then RESUMED), RECONNECT (op 7), INVALID_SESSION (op 9), and an
+//! abrupt socket drop. Dispatches respect the IDENTIFY intents (guild messages, direct
+//! messages, message content), and the bot's own messages are echoed back as MESSAGE_CREATE /
+//! MESSAGE_UPDATE, as Discord does. Not faked: guilds (READY lists none; no GUILD_CREATE),
+//! members, roles, channels, reactions, embeds, voice, the 15-minute token expiry.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+/// Discord's epoch (2015-01-01) in Unix milliseconds, for snowflakes.
+const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+const MAX_CONTENT_CHARS: usize = 2000;
+/// Message flags.
+const EPHEMERAL: u64 = 1 << 6;
+const LOADING: u64 = 1 << 7;
+/// Gateway intents the fake honours.
+const GUILD_MESSAGES: u64 = 1 << 9;
+const DIRECT_MESSAGES: u64 = 1 << 12;
+const MESSAGE_CONTENT: u64 = 1 << 15;
+
+/// Knobs for [`FakeDiscord::start_with`].
+#[derive(Clone, Debug)]
+pub struct FakeDiscordOptions {
+    /// Sent in HELLO. Discord uses ~41 s; short values make serenity heartbeat during a test.
+    pub heartbeat_interval: Duration,
+    /// How long after dispatch an interaction may be answered (Discord: 3 s).
+    pub interaction_deadline: Duration,
+    /// Echo the bot's own messages and edits over the gateway, as Discord does.
+    pub echo_own_messages: bool,
+}
+
+impl Default for FakeDiscordOptions {
+    fn default() -> Self {
+        FakeDiscordOptions {
+            heartbeat_interval: Duration::from_secs(10),
+            interaction_deadline: Duration::from_secs(3),
+            echo_own_messages: true,
+        }
+    }
+}
+
+/// A user as the fake renders it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeUser {
+    pub id: u64,
+    pub name: String,
+    pub bot: bool,
+}
+
+impl FakeUser {
+    /// A human user.
+    pub fn new(id: u64, name: &str) -> FakeUser {
+        FakeUser {
+            id,
+            name: name.to_owned(),
+            bot: false,
+        }
+    }
+}
+
+/// A file on a message: inbound (from [`IncomingMessage::with_attachment`]) or uploaded by the
+/// bot. `url` is served by the fake itself.
+#[derive(Clone, Debug)]
+pub struct FakeAttachment {
+    pub id: u64,
+    pub filename: String,
+    pub content_type: Option<String>,
+    pub size: usize,
+    pub url: String,
+}
+
+/// One version of a message's content.
+#[derive(Clone, Debug)]
+pub struct Version {
+    pub at: Instant,
+    pub content: String,
+}
+
+/// A message the fake holds, with its whole edit history.
+#[derive(Clone, Debug)]
+pub struct FakeMessage {
+    pub id: u64,
+    pub channel_id: u64,
+    pub guild_id: Option<u64>,
+    pub author: FakeUser,
+    /// The current content.
+    pub content: String,
+    /// `message_reference.message_id`: the message this one replies to.
+    pub reference: Option<u64>,
+    /// Every content this message had, the original first.
+    pub history: Vec<Version>,
+    pub attachments: Vec<FakeAttachment>,
+    pub flags: u64,
+    /// The `allowed_mentions` of the latest write, as sent.
+    pub allowed_mentions: Option<Value>,
+    /// Set for an interaction's `@original` response and its follow-ups.
+    pub interaction_id: Option<u64>,
+    pub deleted: bool,
+    pub created_at: Instant,
+}
+
+impl FakeMessage {
+    /// How many times the content was edited.
+    pub fn edits(&self) -> usize {
+        self.history.len().saturating_sub(1)
+    }
+
+    pub fn is_ephemeral(&self) -> bool {
+        self.flags & EPHEMERAL != 0
+    }
+}
+
+/// One REST call the bot made (or an attachment download), as received.
+#[derive(Clone, Debug)]
+pub struct RecordedCall {
+    pub method: String,
+    /// The path without `/api/v10`, e.g. `/channels/1/messages` (attachments keep their
+    /// `/attachments/…` path).
+    pub path: String,
+    pub query: Option<String>,
+    /// The JSON body (`payload_json` for multipart requests); `Null` when there was none.
+    pub body: Value,
+    /// Uploaded files: (form field name, file name, size in bytes).
+    pub files: Vec<(String, String, usize)>,
+    pub status: u16,
+    /// The channel the call wrote to, when it is one the rate limit applies to.
+    pub channel: Option<u64>,
+    pub at: Instant,
+}
+
+/// A request the fake rejected with a 4xx other than 429: something Discord (or the
+/// no-mentions policy) would not accept from a correct bot.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub reason: String,
+    pub at: Instant,
+}
+
+/// How an interaction was answered.
+#[derive(Clone, Debug)]
+pub struct Acknowledgement {
+    /// The callback type: 4 message, 5 deferred, 6 deferred update, 7 update, 8 autocomplete.
+    pub kind: u64,
+    pub at: Instant,
+    /// Time from dispatch to the callback.
+    pub latency: Duration,
+    pub ephemeral: bool,
+    /// The callback's `data` as sent.
+    pub data: Value,
+}
+
+/// An interaction dispatched by [`FakeDiscord::dispatch_command`].
+#[derive(Clone, Debug)]
+pub struct FakeInteraction {
+    pub id: u64,
+    pub token: String,
+    pub channel_id: u64,
+    pub guild_id: Option<u64>,
+    pub user: FakeUser,
+    pub name: String,
+    pub dispatched_at: Instant,
+    pub ack: Option<Acknowledgement>,
+    /// The `@original` response message, once there is one.
+    pub original: Option<u64>,
+    pub followups: Vec<u64>,
+}
+
+/// A `PUT`/`POST` of application commands.
+#[derive(Clone, Debug)]
+pub struct CommandRegistration {
+    /// `None` for global commands.
+    pub guild_id: Option<u64>,
+    pub method: String,
+    pub names: Vec<String>,
+    pub at: Instant,
+}
+
+/// Gateway counters.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayStats {
+    /// Websocket connections accepted.
+    pub connections: usize,
+    pub identifies: usize,
+    /// Accepted RESUMEs.
+    pub resumes: usize,
+    /// RESUMEs answered with INVALID_SESSION.
+    pub rejected_resumes: usize,
+    pub heartbeats: usize,
+    /// Whether a connection currently holds the session (identified or resumed).
+    pub connected: bool,
+    /// The intents of the latest IDENTIFY.
+    pub intents: Option<u64>,
+    /// The sequence number of the latest dispatch.
+    pub seq: u64,
+}
+
+/// A message for [`FakeDiscord::dispatch_message`], as a user would post it.
+#[derive(Clone, Debug)]
+pub struct IncomingMessage {
+    pub channel_id: u64,
+    /// `None` for a DM.
+    pub guild_id: Option<u64>,
+    pub author: FakeUser,
+    pub content: String,
+    pub mentions: Vec<FakeUser>,
+    pub reference: Option<u64>,
+    /// The author's roles (guild messages).
+    pub roles: Vec<u64>,
+    /// (file name, content type, bytes)
+    pub attachments: Vec<(String, String, Vec<u8>)>,
+}
+
+impl IncomingMessage {
+    /// A message in `channel_id`; a DM unless [`IncomingMessage::in_guild`] is added.
+    pub fn new(channel_id: u64, author: FakeUser, content: &str) -> IncomingMessage {
+        IncomingMessage {
+            channel_id,
+            guild_id: None,
+            author,
+            content: content.to_owned(),
+            mentions: Vec::new(),
+            reference: None,
+            roles: Vec::new(),
+            attachments: Vec::new(),
+        }
+    }
+
+    pub fn in_guild(mut self, guild_id: u64) -> Self {
+        self.guild_id = Some(guild_id);
+        self
+    }
+
+    /// Adds `user` to `mentions` (the content should carry `<@id>` too).
+    pub fn mentioning(mut self, user: &FakeUser) -> Self {
+        self.mentions.push(user.clone());
+        self
+    }
+
+    pub fn replying_to(mut self, message_id: u64) -> Self {
+        self.reference = Some(message_id);
+        self
+    }
+
+    pub fn with_roles(mut self, roles: &[u64]) -> Self {
+        self.roles = roles.to_vec();
+        self
+    }
+
+    pub fn with_attachment(mut self, filename: &str, content_type: &str, bytes: &[u8]) -> Self {
+        self.attachments
+            .push((filename.to_owned(), content_type.to_owned(), bytes.to_vec()));
+        self
+    }
+}
+
+/// A slash command invocation for [`FakeDiscord::dispatch_command`].
+#[derive(Clone, Debug)]
+pub struct IncomingCommand {
+    pub channel_id: u64,
+    /// `None` for a DM.
+    pub guild_id: Option<u64>,
+    pub user: FakeUser,
+    pub name: String,
+    /// Discord's raw `data.options` array, e.g.
+    /// `[{"name":"ask","type":1,"options":[{"name":"question","type":3,"value":"hi"}]}]`.
+    pub options: Value,
+    /// The member's permission bits in the channel (guild only), e.g. `8` for ADMINISTRATOR.
+    pub permissions: u64,
+    pub roles: Vec<u64>,
+    /// Dispatch as an autocomplete interaction (type 4) instead of a command (type 2).
+    pub autocomplete: bool,
+}
+
+impl IncomingCommand {
+    pub fn new(channel_id: u64, user: FakeUser, name: &str, options: Value) -> IncomingCommand {
+        IncomingCommand {
+            channel_id,
+            guild_id: None,
+            user,
+            name: name.to_owned(),
+            options,
+            permissions: 0,
+            roles: Vec::new(),
+            autocomplete: false,
+        }
+    }
+
+    pub fn in_guild(mut self, guild_id: u64, permissions: u64) -> Self {
+        self.guild_id = Some(guild_id);
+        self.permissions = permissions;
+        self
+    }
+
+    pub fn with_roles(mut self, roles: &[u64]) -> Self {
+        self.roles = roles.to_vec();
+        self
+    }
+
+    pub fn autocomplete(mut self) -> Self {
+        self.autocomplete = true;
+        self
+    }
+}
+
+/// The fake Discord. Dropping it stops the server and drops the gateway connection.
+pub struct FakeDiscord {
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    state: Mutex<St>,
+    changed: watch::Sender<u64>,
+    addr: SocketAddr,
+    token: String,
+    application_id: u64,
+    bot: FakeUser,
+    options: FakeDiscordOptions,
+}
+
+#[derive(Default)]
+struct St {
+    snowflakes: u64,
+    calls: Vec<RecordedCall>,
+    violations: Vec<Violation>,
+    messages: BTreeMap<u64, FakeMessage>,
+    files: HashMap<u64, StoredFile>,
+    interactions: Vec<FakeInteraction>,
+    commands: BTreeMap<Option<u64>, Vec<Value>>,
+    registrations: Vec<CommandRegistration>,
+    typing: Vec<(u64, Instant)>,
+    /// The guild of each channel the test used (`None`: a DM channel), learnt from dispatches.
+    channel_guilds: HashMap<u64, Option<u64>>,
+    limits: HashMap<u64, Limit>,
+    injected: HashMap<u64, VecDeque<f64>>,
+    rate_limited: Vec<(u64, Instant)>,
+    gateway: Gateway,
+}
+
+struct StoredFile {
+    filename: String,
+    content_type: Option<String>,
+    bytes: Bytes,
+}
+
+struct Limit {
+    per: usize,
+    window: Duration,
+    hits: VecDeque<Instant>,
+}
+
+#[derive(Default)]
+struct Gateway {
+    session: Option<Session>,
+    /// The connection that holds the session: (connection id, its outbox).
+    current: Option<(u64, mpsc::UnboundedSender<Control>)>,
+    connections: u64,
+    stats: GatewayStats,
+}
+
+struct Session {
+    id: String,
+    seq: u64,
+    /// Every dispatch of the session: (seq, frame), for RESUME replay.
+    log: Vec<(u64, String)>,
+    resumable: bool,
+}
+
+enum Control {
+    Frame(String),
+    Drop,
+}
+
+/// A REST answer before it becomes an HTTP response.
+struct Reply {
+    status: StatusCode,
+    body: Option<Value>,
+    headers: Vec<(&'static str, String)>,
+    channel: Option<u64>,
+}
+
+impl Reply {
+    fn json(status: StatusCode, body: Value) -> Reply {
+        Reply {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+            channel: None,
+        }
+    }
+
+    fn ok(body: Value) -> Reply {
+        Reply::json(StatusCode::OK, body)
+    }
+
+    fn no_content() -> Reply {
+        Reply {
+            status: StatusCode::NO_CONTENT,
+            body: None,
+            headers: Vec::new(),
+            channel: None,
+        }
+    }
+
+    /// Discord's plain JSON error: `{"message", "code"}`.
+    fn error(status: StatusCode, code: u64, message: &str) -> Reply {
+        Reply::json(status, json!({"message": message, "code": code}))
+    }
+
+    /// Discord's "Invalid Form Body" (50035) with one field error.
+    fn form_error(field: &str, code: &str, message: &str) -> Reply {
+        Reply::json(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "message": "Invalid Form Body",
+                "code": 50035,
+                "errors": {field: {"_errors": [{"code": code, "message": message}]}},
+            }),
+        )
+    }
+
+    fn in_channel(mut self, channel: u64) -> Reply {
+        self.channel = Some(channel);
+        self
+    }
+}
+
+type Routed = Result<Reply, Reply>;
+
+impl FakeDiscord {
+    /// Starts the fake on an ephemeral port of 127.0.0.1 with default options.
+    pub async fn start() -> FakeDiscord {
+        FakeDiscord::start_with(FakeDiscordOptions::default()).await
+    }
+
+    pub async fn start_with(options: FakeDiscordOptions) -> FakeDiscord {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake Discord");
+        let addr = listener.local_addr().expect("fake Discord address");
+        let application_id = 1_100_000_000_000_000_001;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(St::default()),
+            changed: watch::channel(0).0,
+            addr,
+            token: format!("fake-discord-token.{}", addr.port()),
+            application_id,
+            // Discord bots' user id equals the application id.
+            bot: FakeUser {
+                id: application_id,
+                name: "poe-relay".to_owned(),
+                bot: true,
+            },
+            options,
+        });
+        let router = Router::new()
+            .route("/gateway", get(gateway))
+            .route("/attachments/{id}/{filename}", get(attachment))
+            .fallback(api)
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        FakeDiscord { shared, server }
+    }
+
+    /// The bot token to give serenity (without the `Bot ` prefix, which serenity adds).
+    pub fn bot_token(&self) -> &str {
+        &self.shared.token
+    }
+
+    pub fn application_id(&self) -> u64 {
+        self.shared.application_id
+    }
+
+    /// The bot's own user (its id equals the application id, as on Discord).
+    pub fn bot_user(&self) -> FakeUser {
+        self.shared.bot.clone()
+    }
+
+    /// `<@bot id>`, the text of a mention of the bot.
+    pub fn mention(&self) -> String {
+        format!("<@{}>", self.shared.bot.id)
+    }
+
+    /// `http://127.0.0.1:PORT`: the value for serenity's `HttpBuilder::proxy` (it replaces
+    /// `https://discord.com`, keeping `/api/v10/…`).
+    pub fn api_base(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    /// `ws://127.0.0.1:PORT/gateway`, without a query (serenity appends `?v=10`).
+    pub fn gateway_url(&self) -> String {
+        format!("ws://{}/gateway", self.shared.addr)
+    }
+
+    /// Shows a user message in a channel: stores it and dispatches MESSAGE_CREATE (if the
+    /// bot's intents allow it). Returns the message id.
+    pub fn dispatch_message(&self, incoming: IncomingMessage) -> u64 {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        let now = Instant::now();
+        let id = st.snowflake();
+        let attachments = incoming
+            .attachments
+            .iter()
+            .map(|(filename, content_type, bytes)| {
+                st.store_file(
+                    shared,
+                    filename,
+                    Some(content_type.clone()),
+                    bytes.clone().into(),
+                )
+            })
+            .collect();
+        let message = FakeMessage {
+            id,
+            channel_id: incoming.channel_id,
+            guild_id: incoming.guild_id,
+            author: incoming.author.clone(),
+            content: incoming.content.clone(),
+            reference: incoming.reference,
+            history: vec![Version {
+                at: now,
+                content: incoming.content.clone(),
+            }],
+            attachments,
+            flags: 0,
+            allowed_mentions: None,
+            interaction_id: None,
+            deleted: false,
+            created_at: now,
+        };
+        st.messages.insert(id, message);
+        st.channel_guilds
+            .insert(incoming.channel_id, incoming.guild_id);
+        let mut data = st.message_json(shared, id);
+        data["mentions"] = Value::Array(incoming.mentions.iter().map(user_json).collect());
+        if incoming.guild_id.is_some() {
+            data["member"] = json!({
+                "roles": ids(&incoming.roles),
+                "joined_at": iso_timestamp(SystemTime::now()),
+                "deaf": false,
+                "mute": false,
+                "flags": 0,
+            });
+        }
+        let mentions_bot = incoming
+            .mentions
+            .iter()
+            .any(|user| user.id == shared.bot.id);
+        st.dispatch_message_event(
+            shared,
+            "MESSAGE_CREATE",
+            data,
+            incoming.guild_id,
+            mentions_bot,
+        );
+        drop(st);
+        shared.bump();
+        id
+    }
+
+    /// Dispatches INTERACTION_CREATE for a slash command (or autocomplete) and returns the
+    /// interaction id. The command id is the registered one when the name is registered.
+    pub fn dispatch_command(&self, command: IncomingCommand) -> u64 {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        let id = st.snowflake();
+        let token = format!("fake-interaction-token-{id}");
+        let command_id = st
+            .commands
+            .get(&command.guild_id)
+            .into_iter()
+            .chain(st.commands.get(&None))
+            .flatten()
+            .find(|registered| registered["name"] == command.name.as_str())
+            .and_then(|registered| registered["id"].as_str())
+            .map(str::to_owned);
+        let command_id = match command_id {
+            Some(id) => id,
+            None => st.snowflake().to_string(),
+        };
+        let mut data = json!({
+            "id": id.to_string(),
+            "application_id": shared.application_id.to_string(),
+            "type": if command.autocomplete { 4 } else { 2 },
+            "data": {
+                "id": command_id,
+                "name": command.name,
+                "type": 1,
+                "options": command.options,
+            },
+            "channel_id": command.channel_id.to_string(),
+            "token": token,
+            "version": 1,
+            "app_permissions": "562949953421311",
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": command.guild_id.unwrap_or(0).to_string()},
+            "context": if command.guild_id.is_some() { 0 } else { 1 },
+            "attachment_size_limit": 10_485_760,
+        });
+        match command.guild_id {
+            Some(guild) => {
+                data["guild_id"] = json!(guild.to_string());
+                data["guild_locale"] = json!("en-US");
+                data["member"] = json!({
+                    "user": user_json(&command.user),
+                    "roles": ids(&command.roles),
+                    "joined_at": iso_timestamp(SystemTime::now()),
+                    "deaf": false,
+                    "mute": false,
+                    "flags": 0,
+                    "permissions": command.permissions.to_string(),
+                });
+            }
+            None => data["user"] = user_json(&command.user),
+        }
+        st.channel_guilds
+            .insert(command.channel_id, command.guild_id);
+        st.interactions.push(FakeInteraction {
+            id,
+            token,
+            channel_id: command.channel_id,
+            guild_id: command.guild_id,
+            user: command.user,
+            name: command.name,
+            dispatched_at: Instant::now(),
+            ack: None,
+            original: None,
+            followups: Vec::new(),
+        });
+        st.dispatch("INTERACTION_CREATE", data);
+        drop(st);
+        shared.bump();
+        id
+    }
+
+    /// Dispatches any event as is (for payloads the helpers do not build). Returns its
+    /// sequence number.
+    pub fn dispatch_raw(&self, event: &str, data: Value) -> u64 {
+        let seq = self.shared.lock().dispatch(event, data);
+        self.shared.bump();
+        seq
+    }
+
+    /// Every message in `channel`, users' and the bot's (deleted ones included, flagged), oldest
+    /// first.
+    pub fn messages(&self, channel: u64) -> Vec<FakeMessage> {
+        let st = self.shared.lock();
+        st.messages
+            .values()
+            .filter(|message| message.channel_id == channel)
+            .cloned()
+            .collect()
+    }
+
+    /// The bot's messages in `channel`, oldest first.
+    pub fn bot_messages(&self, channel: u64) -> Vec<FakeMessage> {
+        let bot = self.shared.bot.id;
+        self.messages(channel)
+            .into_iter()
+            .filter(|message| message.author.id == bot)
+            .collect()
+    }
+
+    pub fn message(&self, id: u64) -> Option<FakeMessage> {
+        self.shared.lock().messages.get(&id).cloned()
+    }
+
+    /// Every REST call (and attachment download), in arrival order.
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.shared.lock().calls.clone()
+    }
+
+    pub fn violations(&self) -> Vec<Violation> {
+        self.shared.lock().violations.clone()
+    }
+
+    pub fn interactions(&self) -> Vec<FakeInteraction> {
+        self.shared.lock().interactions.clone()
+    }
+
+    pub fn interaction(&self, id: u64) -> Option<FakeInteraction> {
+        let st = self.shared.lock();
+        st.interactions.iter().find(|i| i.id == id).cloned()
+    }
+
+    /// The registered commands (as returned to the bot) of a guild, or global ones for `None`.
+    pub fn commands(&self, guild: Option<u64>) -> Vec<Value> {
+        let st = self.shared.lock();
+        st.commands.get(&guild).cloned().unwrap_or_default()
+    }
+
+    pub fn command_registrations(&self) -> Vec<CommandRegistration> {
+        self.shared.lock().registrations.clone()
+    }
+
+    /// When the bot triggered typing in `channel`.
+    pub fn typing(&self, channel: u64) -> Vec<Instant> {
+        let st = self.shared.lock();
+        st.typing
+            .iter()
+            .filter(|(c, _)| *c == channel)
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    /// Allows at most `per` message creates and edits in `channel` per sliding `window`;
+    /// more get 429.
+    pub fn rate_limit(&self, channel: u64, per: usize, window: Duration) {
+        assert!(
+            per > 0,
+            "a rate limit of zero requests never lets anything through"
+        );
+        self.shared.lock().limits.insert(
+            channel,
+            Limit {
+                per,
+                window,
+                hits: VecDeque::new(),
+            },
+        );
+    }
+
+    /// The next `count` message writes in `channel` get 429 with `retry_after` seconds,
+    /// whatever the rate limit says.
+    pub fn inject_429(&self, channel: u64, count: usize, retry_after: Duration) {
+        let mut st = self.shared.lock();
+        let queue = st.injected.entry(channel).or_default();
+        queue.extend(std::iter::repeat_n(retry_after.as_secs_f64(), count));
+    }
+
+    /// How many 429s the fake answered, in `channel` or (for `None`) anywhere.
+    pub fn rate_limited(&self, channel: Option<u64>) -> usize {
+        let st = self.shared.lock();
+        st.rate_limited
+            .iter()
+            .filter(|(c, _)| channel.is_none_or(|channel| *c == channel))
+            .count()
+    }
+
+    pub fn gateway_stats(&self) -> GatewayStats {
+        self.shared.lock().gateway.stats.clone()
+    }
+
+    /// Closes the gateway connection abruptly (no close frame), like a network failure. The
+    /// session stays resumable. Returns whether a connection was there to drop.
+    pub fn drop_gateway(&self) -> bool {
+        self.control(Control::Drop)
+    }
+
+    /// Sends RECONNECT (op 7): the client should reconnect and RESUME.
+    pub fn send_reconnect(&self) -> bool {
+        self.control(Control::Frame(json!({"op": 7, "d": null}).to_string()))
+    }
+
+    /// Sends INVALID_SESSION (op 9). When not `resumable`, the session is also forgotten: a
+    /// RESUME gets INVALID_SESSION again and only a new IDENTIFY works.
+    pub fn send_invalid_session(&self, resumable: bool) -> bool {
+        if !resumable && let Some(session) = &mut self.shared.lock().gateway.session {
+            session.resumable = false;
+        }
+        self.control(Control::Frame(json!({"op": 9, "d": resumable}).to_string()))
+    }
+
+    fn control(&self, control: Control) -> bool {
+        let st = self.shared.lock();
+        match &st.gateway.current {
+            Some((_, outbox)) => outbox.send(control).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits up to 10 s until `check` returns `Some`, re-checking after every change the fake
+    /// sees; panics with `what` on timeout.
+    pub async fn wait_for<T>(&self, what: &str, check: impl FnMut(&FakeDiscord) -> Option<T>) -> T {
+        self.wait_for_within(Duration::from_secs(10), what, check)
+            .await
+    }
+
+    pub async fn wait_for_within<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&FakeDiscord) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.shared.changed.subscribe();
+        loop {
+            if let Some(value) = check(self) {
+                return value;
+            }
+            // Also wake up now and then: conditions may depend on time alone.
+            let tick = tokio::time::Instant::now() + Duration::from_millis(250);
+            match tokio::time::timeout_at(deadline.min(tick), changes.changed()).await {
+                Ok(_) => {}
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    panic!("timed out after {timeout:?} waiting for {what}")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Waits until a connection holds an identified session (READY sent).
+    pub async fn wait_ready(&self) {
+        self.wait_for("the bot to identify on the gateway", |fake| {
+            let stats = fake.gateway_stats();
+            (stats.connected && stats.identifies > 0).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for FakeDiscord {
+    fn drop(&mut self) {
+        self.control(Control::Drop);
+        self.server.abort();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, St> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    fn attachment_url(&self, id: u64, filename: &str) -> String {
+        format!("http://{}/attachments/{id}/{filename}", self.addr)
+    }
+}
+
+impl St {
+    fn snowflake(&mut self) -> u64 {
+        self.snowflakes += 1;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(DISCORD_EPOCH_MS + 1);
+        ((ms - DISCORD_EPOCH_MS) << 22) | (self.snowflakes & 0x3f_ffff)
+    }
+
+    fn store_file(
+        &mut self,
+        shared: &Shared,
+        filename: &str,
+        content_type: Option<String>,
+        bytes: Bytes,
+    ) -> FakeAttachment {
+        let id = self.snowflake();
+        let attachment = FakeAttachment {
+            id,
+            filename: filename.to_owned(),
+            content_type: content_type.clone(),
+            size: bytes.len(),
+            url: shared.attachment_url(id, filename),
+        };
+        self.files.insert(
+            id,
+            StoredFile {
+                filename: filename.to_owned(),
+                content_type,
+                bytes,
+            },
+        );
+        attachment
+    }
+
+    /// The message as Discord renders it (REST responses and gateway events).
+    fn message_json(&self, shared: &Shared, id: u64) -> Value {
+        self.render_message(shared, id, true)
+    }
+
+    /// `with_referenced`: include the replied-to message (one level, as Discord does).
+    fn render_message(&self, shared: &Shared, id: u64, with_referenced: bool) -> Value {
+        let message = &self.messages[&id];
+        let mut value = json!({
+            "id": id.to_string(),
+            "channel_id": message.channel_id.to_string(),
+            "author": user_json(&message.author),
+            "content": message.content,
+            "timestamp": iso_timestamp(snowflake_time(id)),
+            "edited_timestamp": if message.edits() > 0 {
+                json!(iso_timestamp(SystemTime::now()))
+            } else {
+                Value::Null
+            },
+            "tts": false,
+            "mention_everyone": false,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": message.attachments.iter().map(attachment_json).collect::<Vec<_>>(),
+            "embeds": [],
+            "pinned": false,
+            "type": if message.reference.is_some() { 19 } else { 0 },
+            "flags": message.flags,
+        });
+        if let Some(guild) = message.guild_id {
+            value["guild_id"] = json!(guild.to_string());
+        }
+        if let Some(reference) = message.reference {
+            value["message_reference"] = json!({
+                "type": 0,
+                "message_id": reference.to_string(),
+                "channel_id": message.channel_id.to_string(),
+            });
+            if let Some(guild) = message.guild_id {
+                value["message_reference"]["guild_id"] = json!(guild.to_string());
+            }
+            if with_referenced && self.messages.contains_key(&reference) {
+                value["referenced_message"] = self.render_message(shared, reference, false);
+            }
+        }
+        if message.interaction_id.is_some() {
+            value["webhook_id"] = json!(shared.application_id.to_string());
+            value["application_id"] = json!(shared.application_id.to_string());
+            value["type"] = json!(20);
+        }
+        value
+    }
+
+    /// Appends a dispatch to the session and sends it on the current connection. Returns its
+    /// sequence number (0 when no session was ever identified: nothing to deliver to).
+    fn dispatch(&mut self, event: &str, data: Value) -> u64 {
+        let gateway = &mut self.gateway;
+        let Some(session) = &mut gateway.session else {
+            return 0;
+        };
+        session.seq += 1;
+        let seq = session.seq;
+        let frame = json!({"op": 0, "s": seq, "t": event, "d": data}).to_string();
+        session.log.push((seq, frame.clone()));
+        gateway.stats.seq = seq;
+        if let Some((_, outbox)) = &gateway.current {
+            let _ = outbox.send(Control::Frame(frame));
+        }
+        seq
+    }
+
+    /// MESSAGE_CREATE / MESSAGE_UPDATE, filtered by the session's intents as Discord does.
+    fn dispatch_message_event(
+        &mut self,
+        shared: &Shared,
+        event: &str,
+        mut data: Value,
+        guild: Option<u64>,
+        mentions_bot: bool,
+    ) {
+        let intents = self.gateway.stats.intents.unwrap_or(0);
+        let needed = if guild.is_some() {
+            GUILD_MESSAGES
+        } else {
+            DIRECT_MESSAGES
+        };
+        if intents & needed == 0 {
+            return;
+        }
+        let author_is_bot = data["author"]["id"] == shared.bot.id.to_string().as_str();
+        let privileged = guild.is_none() || mentions_bot || author_is_bot;
+        if intents & MESSAGE_CONTENT == 0 && !privileged {
+            data["content"] = json!("");
+            data["attachments"] = json!([]);
+            data["embeds"] = json!([]);
+        }
+        self.dispatch(event, data);
+    }
+
+    /// 429 for a write in `channel` when injected or over the limit; otherwise counts the
+    /// write and returns the `X-RateLimit-*` headers to send with the success.
+    fn rate_check(&mut self, channel: u64) -> Result<Vec<(&'static str, String)>, Reply> {
+        let now = Instant::now();
+        if let Some(retry_after) = self
+            .injected
+            .get_mut(&channel)
+            .and_then(VecDeque::pop_front)
+        {
+            self.rate_limited.push((channel, now));
+            return Err(too_many(channel, retry_after, 1));
+        }
+        let Some(limit) = self.limits.get_mut(&channel) else {
+            return Ok(Vec::new());
+        };
+        while limit
+            .hits
+            .front()
+            .is_some_and(|hit| now.duration_since(*hit) >= limit.window)
+        {
+            limit.hits.pop_front();
+        }
+        if limit.hits.len() >= limit.per {
+            let oldest = limit.hits[0];
+            let retry_after = limit
+                .window
+                .saturating_sub(now.duration_since(oldest))
+                .as_secs_f64();
+            let per = limit.per;
+            self.rate_limited.push((channel, now));
+            return Err(too_many(channel, retry_after, per));
+        }
+        limit.hits.push_back(now);
+        let reset_after = limit
+            .window
+            .saturating_sub(now.duration_since(limit.hits[0]))
+            .as_secs_f64();
+        Ok(vec![
+            ("x-ratelimit-limit", limit.per.to_string()),
+            (
+                "x-ratelimit-remaining",
+                (limit.per - limit.hits.len()).to_string(),
+            ),
+            ("x-ratelimit-reset-after", format!("{reset_after:.3}")),
+            (
+                "x-ratelimit-reset",
+                format!("{:.3}", unix_secs() + reset_after),
+            ),
+            ("x-ratelimit-bucket", format!("fake-channel-{channel}")),
+        ])
+    }
+}
+
+/// Discord's 429: body, `Retry-After` (whole seconds, rounded up) and `X-RateLimit-*`.
+fn too_many(channel: u64, retry_after: f64, limit: usize) -> Reply {
+    let retry_after = (retry_after * 1000.0).ceil() / 1000.0;
+    Reply {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        body: Some(json!({
+            "message": "You are being rate limited.",
+            "retry_after": retry_after,
+            "global": false,
+        })),
+        headers: vec![
+            (
+                "retry-after",
+                (retry_after.ceil() as u64).max(1).to_string(),
+            ),
+            ("x-ratelimit-limit", limit.to_string()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset-after", format!("{retry_after:.3}")),
+            (
+                "x-ratelimit-reset",
+                format!("{:.3}", unix_secs() + retry_after),
+            ),
+            ("x-ratelimit-bucket", format!("fake-channel-{channel}")),
+            ("x-ratelimit-scope", "user".to_owned()),
+        ],
+        channel: Some(channel),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// REST
+
+/// Every `/api/v10/…` request: parse, authenticate, route, record.
+async fn api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let full_path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let headers = request.headers().clone();
+    let parsed = parse_body(request).await;
+    let path = full_path
+        .strip_prefix("/api/v10")
+        .unwrap_or(&full_path)
+        .to_owned();
+    let (body, files) = match &parsed {
+        Ok((body, files)) => (body.clone(), files.clone()),
+        Err(_) => (Value::Null, Vec::new()),
+    };
+    let mut st = shared.lock();
+    let reply = if !full_path.starts_with("/api/v10/") {
+        Reply::error(
+            StatusCode::NOT_FOUND,
+            0,
+            "404: Not Found (not under /api/v10)",
+        )
+    } else if !authorized(&headers, &shared.token) {
+        Reply::error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized")
+    } else if let Err(message) = &parsed {
+        Reply::error(StatusCode::BAD_REQUEST, 50109, message)
+    } else {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        route(&shared, &mut st, &method, &segments, &body, files.clone())
+            .unwrap_or_else(|rejected| rejected)
+    };
+    let now = Instant::now();
+    st.calls.push(RecordedCall {
+        method: method.to_string(),
+        path: path.clone(),
+        query,
+        body,
+        files: files
+            .iter()
+            .map(|file| (file.field.clone(), file.filename.clone(), file.bytes.len()))
+            .collect(),
+        status: reply.status.as_u16(),
+        channel: reply.channel,
+        at: now,
+    });
+    if reply.status.is_client_error() && reply.status != StatusCode::TOO_MANY_REQUESTS {
+        st.violations.push(Violation {
+            method: method.to_string(),
+            path,
+            status: reply.status.as_u16(),
+            reason: reply
+                .body
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default(),
+            at: now,
+        });
+    }
+    drop(st);
+    shared.bump();
+    let mut response = match reply.body {
+        Some(body) => (reply.status, axum::Json(body)).into_response(),
+        None => reply.status.into_response(),
+    };
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+#[derive(Clone)]
+struct Upload {
+    field: String,
+    filename: String,
+    content_type: Option<String>,
+    bytes: Bytes,
+}
+
+/// The JSON body, or `payload_json` plus files for multipart; `Null` when empty.
+async fn parse_body(request: Request) -> Result<(Value, Vec<Upload>), String> {
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("multipart/form-data"));
+    if multipart {
+        let mut form = Multipart::from_request(request, &())
+            .await
+            .map_err(|err| format!("bad multipart body: {err}"))?;
+        let mut payload = Value::Null;
+        let mut files = Vec::new();
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|err| format!("bad multipart body: {err}"))?
+        {
+            let name = field.name().unwrap_or_default().to_owned();
+            let filename = field.file_name().map(str::to_owned);
+            let content_type = field.content_type().map(str::to_owned);
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|err| format!("bad multipart body: {err}"))?;
+            if name == "payload_json" {
+                payload = serde_json::from_slice(&bytes)
+                    .map_err(|_| "The request body contains invalid JSON.".to_owned())?;
+            } else if let Some(filename) = filename {
+                files.push(Upload {
+                    field: name,
+                    filename,
+                    content_type,
+                    bytes,
+                });
+            }
+        }
+        return Ok((payload, files));
+    }
+    let bytes = axum::body::to_bytes(request.into_body(), 64 << 20)
+        .await
+        .map_err(|err| format!("unreadable body: {err}"))?;
+    if bytes.is_empty() {
+        return Ok((Value::Null, Vec::new()));
+    }
+    let body = serde_json::from_slice(&bytes)
+        .map_err(|_| "The request body contains invalid JSON.".to_owned())?;
+    Ok((body, Vec::new()))
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value == format!("Bot {token}"))
+}
+
+fn route(
+    shared: &Shared,
+    st: &mut St,
+    method: &Method,
+    segments: &[&str],
+    body: &Value,
+    files: Vec<Upload>,
+) -> Routed {
+    let app = shared.application_id.to_string();
+    match (method.as_str(), segments) {
+        ("GET", ["gateway"]) => Ok(Reply::ok(json!({"url": gateway_url(shared)}))),
+        ("GET", ["gateway", "bot"]) => Ok(Reply::ok(json!({
+            "url": gateway_url(shared),
+            "shards": 1,
+            "session_start_limit": {
+                "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1,
+            },
+        }))),
+        ("GET", ["users", "@me"]) => Ok(Reply::ok(user_json(&shared.bot))),
+        (_, ["applications", id, ..]) if *id != app => {
+            Err(Reply::error(StatusCode::FORBIDDEN, 50001, "Missing Access"))
+        }
+        ("GET", ["applications", _, "commands"]) => Ok(Reply::ok(json!(
+            st.commands.get(&None).cloned().unwrap_or_default()
+        ))),
+        ("GET", ["applications", _, "guilds", guild, "commands"]) => {
+            let guild = snowflake(guild)?;
+            Ok(Reply::ok(json!(
+                st.commands.get(&Some(guild)).cloned().unwrap_or_default()
+            )))
+        }
+        ("PUT" | "POST", ["applications", _, "commands"]) => {
+            register_commands(shared, st, method, None, body)
+        }
+        ("PUT" | "POST", ["applications", _, "guilds", guild, "commands"]) => {
+            let guild = snowflake(guild)?;
+            register_commands(shared, st, method, Some(guild), body)
+        }
+        ("POST", ["channels", channel, "typing"]) => {
+            let channel = snowflake(channel)?;
+            st.typing.push((channel, Instant::now()));
+            Ok(Reply::no_content())
+        }
+        ("POST", ["channels", channel, "messages"]) => {
+            let channel = snowflake(channel)?;
+            create_message(shared, st, channel, None, body, files)
+        }
+        ("GET", ["channels", channel, "messages", message]) => {
+            let (channel, message) = (snowflake(channel)?, snowflake(message)?);
+            let found = st.messages.get(&message);
+            match found {
+                Some(found) if found.channel_id == channel && !found.deleted => {
+                    Ok(Reply::ok(st.message_json(shared, message)))
+                }
+                _ => Err(unknown_message()),
+            }
+        }
+        ("PATCH", ["channels", channel, "messages", message]) => {
+            let (channel, message) = (snowflake(channel)?, snowflake(message)?);
+            edit_message(shared, st, channel, message, body, files)
+        }
+        ("DELETE", ["channels", channel, "messages", message]) => {
+            let (channel, message) = (snowflake(channel)?, snowflake(message)?);
+            delete_message(st, channel, message)
+        }
+        ("POST", ["interactions", id, token, "callback"]) => {
+            let id = snowflake(id)?;
+            interaction_callback(shared, st, id, token, body, files)
+        }
+        (_, ["webhooks", id, _, ..]) if *id != app => Err(Reply::error(
+            StatusCode::NOT_FOUND,
+            10015,
+            "Unknown Webhook",
+        )),
+        ("POST", ["webhooks", _, token]) => followup(shared, st, token, body, files),
+        (_, ["webhooks", _, token, "messages", target]) => {
+            webhook_message(shared, st, method, token, target, body, files)
+        }
+        _ => Err(Reply::error(
+            StatusCode::NOT_FOUND,
+            0,
+            "404: Not Found (route not implemented by the fake Discord)",
+        )),
+    }
+}
+
+fn gateway_url(shared: &Shared) -> String {
+    format!("ws://{}/gateway", shared.addr)
+}
+
+fn snowflake(segment: &str) -> Result<u64, Reply> {
+    segment.parse().map_err(|_| {
+        Reply::form_error("snowflake", "NUMBER_TYPE_COERCE", "Value is not snowflake.")
+    })
+}
+
+fn unknown_message() -> Reply {
+    Reply::error(StatusCode::NOT_FOUND, 10008, "Unknown Message")
+}
+
+/// Content length, non-emptiness (for creates) and the no-mentions policy.
+fn validate_message(body: &Value, creating: bool, has_files: bool) -> Result<(), Reply> {
+    if !body.is_object() {
+        return Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            50035,
+            "Invalid Form Body",
+        ));
+    }
+    let content = body.get("content").and_then(Value::as_str);
+    if let Some(content) = content
+        && content.chars().count() > MAX_CONTENT_CHARS
+    {
+        return Err(Reply::form_error(
+            "content",
+            "BASE_TYPE_MAX_LENGTH",
+            "Must be 2000 or fewer in length.",
+        ));
+    }
+    let has_embeds = body
+        .get("embeds")
+        .and_then(Value::as_array)
+        .is_some_and(|embeds| !embeds.is_empty());
+    if creating && content.is_none_or(str::is_empty) && !has_files && !has_embeds {
+        return Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            50006,
+            "Cannot send an empty message",
+        ));
+    }
+    if content.is_some() {
+        check_allowed_mentions(body.get("allowed_mentions"))?;
+    }
+    Ok(())
+}
+
+/// The test policy: `allowed_mentions` present and mentioning nobody.
+fn check_allowed_mentions(allowed: Option<&Value>) -> Result<(), Reply> {
+    let reject = |why: &str| {
+        Err(Reply::form_error(
+            "allowed_mentions",
+            "FAKE_DISCORD_MENTIONS_POLICY",
+            why,
+        ))
+    };
+    let Some(allowed) = allowed.filter(|value| !value.is_null()) else {
+        return reject("allowed_mentions is required (and must mention nobody)");
+    };
+    let empty = |key: &str| {
+        allowed
+            .get(key)
+            .is_none_or(|value| value.as_array().is_some_and(Vec::is_empty))
+    };
+    if !empty("parse") || !empty("users") || !empty("roles") {
+        return reject("allowed_mentions must have empty parse, users and roles");
+    }
+    if allowed.get("replied_user") == Some(&Value::Bool(true)) {
+        return reject("allowed_mentions.replied_user must not be true");
+    }
+    Ok(())
+}
+
+/// A new bot message in `channel` (a channel message, or an interaction's response).
+fn create_message(
+    shared: &Shared,
+    st: &mut St,
+    channel: u64,
+    interaction: Option<u64>,
+    body: &Value,
+    files: Vec<Upload>,
+) -> Routed {
+    let headers = st.rate_check(channel)?;
+    validate_message(body, true, !files.is_empty()).map_err(|r| r.in_channel(channel))?;
+    let reference = match body.pointer("/message_reference/message_id") {
+        None | Some(Value::Null) => None,
+        Some(id) => {
+            let id = id
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .or_else(|| id.as_u64());
+            match id.and_then(|id| st.messages.get(&id)) {
+                Some(target) if target.channel_id == channel && !target.deleted => Some(target.id),
+                _ => {
+                    return Err(Reply::form_error(
+                        "message_reference",
+                        "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
+                        "Unknown message",
+                    )
+                    .in_channel(channel));
+                }
+            }
+        }
+    };
+    let id = st.snowflake();
+    let now = Instant::now();
+    let guild_id = st.channel_guilds.get(&channel).copied().flatten();
+    let content = body
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let attachments = files
+        .into_iter()
+        .map(|file| st.store_file(shared, &file.filename, file.content_type, file.bytes))
+        .collect();
+    st.messages.insert(
+        id,
+        FakeMessage {
+            id,
+            channel_id: channel,
+            guild_id,
+            author: shared.bot.clone(),
+            content: content.clone(),
+            reference,
+            history: vec![Version { at: now, content }],
+            attachments,
+            flags: body.get("flags").and_then(Value::as_u64).unwrap_or(0),
+            allowed_mentions: body.get("allowed_mentions").cloned(),
+            interaction_id: interaction,
+            deleted: false,
+            created_at: now,
+        },
+    );
+    let rendered = st.message_json(shared, id);
+    let ephemeral = st.messages[&id].is_ephemeral();
+    if shared.options.echo_own_messages && !ephemeral {
+        st.dispatch_message_event(shared, "MESSAGE_CREATE", rendered.clone(), guild_id, false);
+    }
+    let mut reply = Reply::ok(rendered).in_channel(channel);
+    reply.headers = headers;
+    Ok(reply)
+}
+
+fn edit_message(
+    shared: &Shared,
+    st: &mut St,
+    channel: u64,
+    id: u64,
+    body: &Value,
+    files: Vec<Upload>,
+) -> Routed {
+    match st.messages.get(&id) {
+        Some(message) if message.channel_id == channel && !message.deleted => {
+            if message.author.id != shared.bot.id {
+                return Err(Reply::error(
+                    StatusCode::FORBIDDEN,
+                    50005,
+                    "Cannot edit a message authored by another user",
+                ));
+            }
+        }
+        _ => return Err(unknown_message()),
+    }
+    let headers = st.rate_check(channel)?;
+    validate_message(body, false, !files.is_empty()).map_err(|r| r.in_channel(channel))?;
+    let uploaded: Vec<FakeAttachment> = files
+        .into_iter()
+        .map(|file| st.store_file(shared, &file.filename, file.content_type, file.bytes))
+        .collect();
+    let message = st.messages.get_mut(&id).expect("checked above");
+    if let Some(content) = body.get("content") {
+        let content = content.as_str().unwrap_or_default().to_owned();
+        message.content = content.clone();
+        message.history.push(Version {
+            at: Instant::now(),
+            content,
+        });
+    }
+    if let Some(keep) = body.get("attachments").and_then(Value::as_array) {
+        let keep: Vec<String> = keep
+            .iter()
+            .filter_map(|a| a.get("id"))
+            .map(|id| match id {
+                Value::String(id) => id.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        message
+            .attachments
+            .retain(|a| keep.contains(&a.id.to_string()));
+    }
+    message.attachments.extend(uploaded);
+    if let Some(flags) = body.get("flags").and_then(Value::as_u64) {
+        message.flags = (message.flags & (EPHEMERAL | LOADING)) | flags;
+    }
+    if body.get("content").is_some() {
+        message.flags &= !LOADING;
+    }
+    if let Some(allowed) = body.get("allowed_mentions") {
+        message.allowed_mentions = Some(allowed.clone());
+    }
+    let (guild, ephemeral) = (message.guild_id, message.is_ephemeral());
+    let rendered = st.message_json(shared, id);
+    if shared.options.echo_own_messages && !ephemeral {
+        st.dispatch_message_event(shared, "MESSAGE_UPDATE", rendered.clone(), guild, false);
+    }
+    let mut reply = Reply::ok(rendered).in_channel(channel);
+    reply.headers = headers;
+    Ok(reply)
+}
+
+fn delete_message(st: &mut St, channel: u64, id: u64) -> Routed {
+    let message = st
+        .messages
+        .get_mut(&id)
+        .filter(|m| m.channel_id == channel && !m.deleted)
+        .ok_or_else(unknown_message)?;
+    message.deleted = true;
+    let guild = message.guild_id;
+    let mut data = json!({"id": id.to_string(), "channel_id": channel.to_string()});
+    if let Some(guild) = guild {
+        data["guild_id"] = json!(guild.to_string());
+    }
+    st.dispatch("MESSAGE_DELETE", data);
+    Ok(Reply::no_content().in_channel(channel))
+}
+
+fn register_commands(
+    shared: &Shared,
+    st: &mut St,
+    method: &Method,
+    guild: Option<u64>,
+    body: &Value,
+) -> Routed {
+    let bulk = *method == Method::PUT;
+    let submitted: Vec<Value> = if bulk {
+        body.as_array().cloned().ok_or_else(|| {
+            Reply::form_error("_", "LIST_TYPE_CONVERT", "Must be an array of commands.")
+        })?
+    } else {
+        vec![body.clone()]
+    };
+    if bulk && submitted.len() > 100 {
+        return Err(Reply::form_error(
+            "_",
+            "BASE_TYPE_MAX_LENGTH",
+            "Must be 100 or fewer in length.",
+        ));
+    }
+    for (index, command) in submitted.iter().enumerate() {
+        validate_command(command).map_err(|why| {
+            Reply::form_error(&index.to_string(), "APPLICATION_COMMAND_INVALID", &why)
+        })?;
+    }
+    let existing = st.commands.get(&guild).cloned().unwrap_or_default();
+    let mut stored: Vec<Value> = if bulk { Vec::new() } else { existing.clone() };
+    let mut returned = Vec::new();
+    for command in &submitted {
+        let name = command["name"].as_str().unwrap_or_default();
+        let kind = command.get("type").and_then(Value::as_u64).unwrap_or(1);
+        let id = existing
+            .iter()
+            .find(|c| c["name"] == name && c["type"] == kind)
+            .and_then(|c| c["id"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| st.snowflake().to_string());
+        let mut rendered = command.clone();
+        rendered["id"] = json!(id);
+        rendered["type"] = json!(kind);
+        rendered["application_id"] = json!(shared.application_id.to_string());
+        rendered["version"] = json!(st.snowflake().to_string());
+        rendered["description"] = json!(command["description"].as_str().unwrap_or_default());
+        if let Some(guild) = guild {
+            rendered["guild_id"] = json!(guild.to_string());
+        }
+        if rendered.get("default_member_permissions").is_none() {
+            rendered["default_member_permissions"] = Value::Null;
+        }
+        stored.retain(|c| !(c["name"] == name && c["type"] == kind));
+        stored.push(rendered.clone());
+        returned.push(rendered);
+    }
+    st.commands.insert(guild, stored);
+    st.registrations.push(CommandRegistration {
+        guild_id: guild,
+        method: method.to_string(),
+        names: submitted
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+            .collect(),
+        at: Instant::now(),
+    });
+    Ok(Reply::ok(if bulk {
+        Value::Array(returned)
+    } else {
+        returned.remove(0)
+    }))
+}
+
+/// What Discord checks of a command (and recursively of its options).
+fn validate_command(command: &Value) -> Result<(), String> {
+    let kind = command.get("type").and_then(Value::as_u64).unwrap_or(1);
+    validate_named(command, kind == 1)?;
+    validate_options(command, 0)
+}
+
+fn validate_named(item: &Value, needs_description: bool) -> Result<(), String> {
+    let name = item
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("name is required")?;
+    let length = name.chars().count();
+    let valid = (1..=32).contains(&length)
+        && name
+            .chars()
+            .all(|c| c == '-' || c == '_' || c.is_alphanumeric())
+        && name.to_lowercase() == name;
+    if !valid {
+        return Err(format!("invalid name {name:?}"));
+    }
+    if needs_description {
+        let description = item
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !(1..=100).contains(&description.chars().count()) {
+            return Err(format!("{name}: description must be 1-100 characters"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_options(item: &Value, depth: usize) -> Result<(), String> {
+    let Some(options) = item.get("options").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    if options.len() > 25 {
+        return Err("at most 25 options".to_owned());
+    }
+    if depth > 2 {
+        return Err("options nested too deeply".to_owned());
+    }
+    for option in options {
+        validate_named(option, true)?;
+        let kind = option.get("type").and_then(Value::as_u64).unwrap_or(0);
+        if !(1..=11).contains(&kind) {
+            return Err(format!("option type {kind} is not valid"));
+        }
+        if let Some(choices) = option.get("choices").and_then(Value::as_array)
+            && choices.len() > 25
+        {
+            return Err("at most 25 choices".to_owned());
+        }
+        validate_options(option, depth + 1)?;
+    }
+    Ok(())
+}
+
+fn interaction_index(st: &St, id: Option<u64>, token: &str) -> Result<usize, Reply> {
+    st.interactions
+        .iter()
+        .position(|i| i.token == token && id.is_none_or(|id| i.id == id))
+        .ok_or_else(|| Reply::error(StatusCode::NOT_FOUND, 10062, "Unknown interaction"))
+}
+
+fn interaction_callback(
+    shared: &Shared,
+    st: &mut St,
+    id: u64,
+    token: &str,
+    body: &Value,
+    files: Vec<Upload>,
+) -> Routed {
+    let index = interaction_index(st, Some(id), token)?;
+    let interaction = &st.interactions[index];
+    let channel = interaction.channel_id;
+    if interaction.ack.is_some() {
+        return Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            40060,
+            "Interaction has already been acknowledged.",
+        ));
+    }
+    let latency = interaction.dispatched_at.elapsed();
+    if latency > shared.options.interaction_deadline {
+        return Err(Reply::error(
+            StatusCode::NOT_FOUND,
+            10062,
+            "Unknown interaction (acknowledged too late)",
+        ));
+    }
+    let kind = body.get("type").and_then(Value::as_u64).unwrap_or(0);
+    let data = body.get("data").cloned().unwrap_or(Value::Null);
+    let flags = data.get("flags").and_then(Value::as_u64).unwrap_or(0);
+    let original = match kind {
+        4 => {
+            let mut message = data.clone();
+            if let Some(object) = message.as_object_mut() {
+                object.remove("message_reference");
+            }
+            let created = create_message(shared, st, channel, Some(id), &message, files)?;
+            created
+                .body
+                .as_ref()
+                .and_then(|b| b["id"].as_str()?.parse().ok())
+        }
+        5 => {
+            let message = st.snowflake();
+            let now = Instant::now();
+            st.messages.insert(
+                message,
+                FakeMessage {
+                    id: message,
+                    channel_id: channel,
+                    guild_id: st.interactions[index].guild_id,
+                    author: shared.bot.clone(),
+                    content: String::new(),
+                    reference: None,
+                    history: vec![Version {
+                        at: now,
+                        content: String::new(),
+                    }],
+                    attachments: Vec::new(),
+                    flags: (flags & EPHEMERAL) | LOADING,
+                    allowed_mentions: None,
+                    interaction_id: Some(id),
+                    deleted: false,
+                    created_at: now,
+                },
+            );
+            Some(message)
+        }
+        6..=8 => None,
+        _ => {
+            return Err(Reply::form_error(
+                "type",
+                "BASE_TYPE_CHOICES",
+                "Value must be one of {1, 4, 5, 6, 7, 8, 9, 10, 12}.",
+            ));
+        }
+    };
+    let interaction = &mut st.interactions[index];
+    interaction.ack = Some(Acknowledgement {
+        kind,
+        at: Instant::now(),
+        latency,
+        ephemeral: flags & EPHEMERAL != 0,
+        data,
+    });
+    interaction.original = original;
+    Ok(Reply::no_content())
+}
+
+/// `POST /webhooks/{app}/{token}`: a follow-up message.
+fn followup(shared: &Shared, st: &mut St, token: &str, body: &Value, files: Vec<Upload>) -> Routed {
+    let index = interaction_index(st, None, token)?;
+    if st.interactions[index].ack.is_none() {
+        return Err(Reply::error(
+            StatusCode::NOT_FOUND,
+            10015,
+            "Unknown Webhook",
+        ));
+    }
+    let (id, channel) = (st.interactions[index].id, st.interactions[index].channel_id);
+    let mut message = body.clone();
+    if let Some(object) = message.as_object_mut() {
+        object.remove("message_reference");
+    }
+    let created = create_message(shared, st, channel, Some(id), &message, files)?;
+    if let Some(message) = created
+        .body
+        .as_ref()
+        .and_then(|b| b["id"].as_str()?.parse().ok())
+    {
+        st.interactions[index].followups.push(message);
+    }
+    Ok(created)
+}
+
+/// `GET`/`PATCH`/`DELETE /webhooks/{app}/{token}/messages/{@original | id}`.
+fn webhook_message(
+    shared: &Shared,
+    st: &mut St,
+    method: &Method,
+    token: &str,
+    target: &str,
+    body: &Value,
+    files: Vec<Upload>,
+) -> Routed {
+    let index = interaction_index(st, None, token)
+        .map_err(|_| Reply::error(StatusCode::NOT_FOUND, 10015, "Unknown Webhook"))?;
+    let interaction = &st.interactions[index];
+    let message = if target == "@original" {
+        interaction.original.ok_or_else(unknown_message)?
+    } else {
+        let id = snowflake(target)?;
+        if interaction.original != Some(id) && !interaction.followups.contains(&id) {
+            return Err(unknown_message());
+        }
+        id
+    };
+    let channel = interaction.channel_id;
+    match method.as_str() {
+        "GET" => Ok(Reply::ok(st.message_json(shared, message))),
+        "PATCH" => edit_message(shared, st, channel, message, body, files),
+        "DELETE" => delete_message(st, channel, message),
+        _ => Err(Reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            0,
+            "405: Method Not Allowed",
+        )),
+    }
+}
+
+/// `GET /attachments/{id}/{filename}`: files served over loopback, no token needed (like
+/// Discord's CDN). Recorded as calls too.
+async fn attachment(
+    State(shared): State<Arc<Shared>>,
+    Path((id, filename)): Path<(u64, String)>,
+) -> Response {
+    let mut st = shared.lock();
+    let found = st
+        .files
+        .get(&id)
+        .filter(|file| file.filename == filename)
+        .map(|file| (file.content_type.clone(), file.bytes.clone()));
+    let status = if found.is_some() { 200 } else { 404 };
+    st.calls.push(RecordedCall {
+        method: "GET".to_owned(),
+        path: format!("/attachments/{id}/{filename}"),
+        query: None,
+        body: Value::Null,
+        files: Vec::new(),
+        status,
+        channel: None,
+        at: Instant::now(),
+    });
+    drop(st);
+    shared.bump();
+    match found {
+        Some((content_type, bytes)) => {
+            let content_type =
+                content_type.unwrap_or_else(|| "application/octet-stream".to_owned());
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway
+
+async fn gateway(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| connection(shared, socket))
+}
+
+/// One gateway connection: HELLO, then client frames and the test's controls until either
+/// side ends it.
+async fn connection(shared: Arc<Shared>, mut socket: WebSocket) {
+    let (outbox, mut controls) = mpsc::unbounded_channel();
+    let id = {
+        let mut st = shared.lock();
+        st.gateway.connections += 1;
+        st.gateway.stats.connections += 1;
+        st.gateway.connections
+    };
+    shared.bump();
+    let hello = json!({
+        "op": 10,
+        "d": {"heartbeat_interval": shared.options.heartbeat_interval.as_millis() as u64},
+    });
+    if socket.send(text(hello.to_string())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Text(frame))) => {
+                    let answer = client_frame(&shared, id, &outbox, frame.as_str());
+                    shared.bump();
+                    let sent = match answer {
+                        Answer::Nothing => Ok(()),
+                        Answer::Frame(frame) => socket.send(text(frame)).await,
+                        Answer::Close(code, reason) => {
+                            let close = CloseFrame { code, reason: reason.into() };
+                            socket.send(WsMessage::Close(Some(close))).await
+                        }
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                // Closing: keep reading so the close reply goes out, until the stream ends.
+                Some(Ok(WsMessage::Close(_))) => {}
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+            control = controls.recv() => match control {
+                Some(Control::Frame(frame)) => {
+                    if socket.send(text(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Control::Drop) | None => break,
+            },
+        }
+    }
+    // Dropping the socket closes TCP without a close frame.
+    drop(socket);
+    let mut st = shared.lock();
+    if st
+        .gateway
+        .current
+        .as_ref()
+        .is_some_and(|(current, _)| *current == id)
+    {
+        st.gateway.current = None;
+        st.gateway.stats.connected = false;
+    }
+    drop(st);
+    shared.bump();
+}
+
+fn text(frame: String) -> WsMessage {
+    WsMessage::Text(frame.into())
+}
+
+/// What the connection sends back directly for a client frame.
+enum Answer {
+    Nothing,
+    Frame(String),
+    /// A close frame with Discord's close code.
+    Close(u16, &'static str),
+}
+
+/// Handles one frame from the client.
+fn client_frame(
+    shared: &Shared,
+    connection: u64,
+    outbox: &mpsc::UnboundedSender<Control>,
+    frame: &str,
+) -> Answer {
+    let Ok(frame) = serde_json::from_str::<Value>(frame) else {
+        return Answer::Close(4002, "Error while decoding payload.");
+    };
+    let mut st = shared.lock();
+    match frame["op"].as_u64() {
+        Some(1) => {
+            st.gateway.stats.heartbeats += 1;
+            Answer::Frame(json!({"op": 11}).to_string())
+        }
+        Some(2) => {
+            let d = &frame["d"];
+            if d["token"].as_str() != Some(format!("Bot {}", shared.token).as_str()) {
+                return Answer::Close(4004, "Authentication failed.");
+            }
+            let number = st.gateway.stats.identifies + 1;
+            st.gateway.stats.identifies = number;
+            st.gateway.stats.intents = d["intents"].as_u64();
+            st.gateway.session = Some(Session {
+                id: format!("fake-session-{number}"),
+                seq: 0,
+                log: Vec::new(),
+                resumable: true,
+            });
+            st.gateway.current = Some((connection, outbox.clone()));
+            st.gateway.stats.connected = true;
+            let session_id = format!("fake-session-{number}");
+            let ready = json!({
+                "v": 10,
+                "user": {
+                    "id": shared.bot.id.to_string(),
+                    "username": shared.bot.name,
+                    "discriminator": "0",
+                    "global_name": null,
+                    "avatar": null,
+                    "bot": true,
+                    "verified": true,
+                    "mfa_enabled": false,
+                    "flags": 0,
+                },
+                "guilds": [],
+                "session_id": session_id,
+                "resume_gateway_url": gateway_url(shared),
+                "shard": [0, 1],
+                "application": {"id": shared.application_id.to_string(), "flags": 0},
+                "private_channels": [],
+                "relationships": [],
+                "user_settings": {},
+                "presences": [],
+                "geo_ordered_rtc_regions": [],
+            });
+            st.dispatch("READY", ready);
+            Answer::Nothing
+        }
+        Some(6) => {
+            let d = &frame["d"];
+            let token_ok = d["token"].as_str() == Some(format!("Bot {}", shared.token).as_str());
+            let seq = d["seq"].as_u64().unwrap_or(0);
+            let accepted = token_ok
+                && st.gateway.session.as_ref().is_some_and(|session| {
+                    session.resumable && Some(session.id.as_str()) == d["session_id"].as_str()
+                });
+            if !accepted {
+                st.gateway.stats.rejected_resumes += 1;
+                return Answer::Frame(json!({"op": 9, "d": false}).to_string());
+            }
+            st.gateway.stats.resumes += 1;
+            st.gateway.current = Some((connection, outbox.clone()));
+            st.gateway.stats.connected = true;
+            let session = st.gateway.session.as_ref().expect("checked above");
+            for (_, missed) in session.log.iter().filter(|(s, _)| *s > seq) {
+                let _ = outbox.send(Control::Frame(missed.clone()));
+            }
+            st.dispatch("RESUMED", json!({}));
+            Answer::Nothing
+        }
+        _ => Answer::Nothing,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering helpers
+
+fn user_json(user: &FakeUser) -> Value {
+    json!({
+        "id": user.id.to_string(),
+        "username": user.name,
+        "discriminator": "0",
+        "global_name": user.name,
+        "avatar": null,
+        "bot": user.bot,
+        "public_flags": 0,
+    })
+}
+
+fn attachment_json(attachment: &FakeAttachment) -> Value {
+    json!({
+        "id": attachment.id.to_string(),
+        "filename": attachment.filename,
+        "size": attachment.size,
+        "url": attachment.url,
+        "proxy_url": attachment.url,
+        "content_type": attachment.content_type,
+    })
+}
+
+fn ids(ids: &[u64]) -> Value {
+    Value::Array(ids.iter().map(|id| json!(id.to_string())).collect())
+}
+
+fn snowflake_time(id: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis((id >> 22) + DISCORD_EPOCH_MS)
+}
+
+fn unix_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// RFC 3339 in UTC with milliseconds, as Discord sends timestamps.
+fn iso_timestamp(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rest = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
