@@ -916,7 +916,9 @@ async fn a_long_answer_survives_synapses_default_rate_limits() {
     )
     .await;
     let answer: String = (1..=150).map(|n| format!("token{n} ")).collect();
-    world.fake.script("echo", streamed(&answer, 7, 60));
+    // About 27 s of streaming: at one edit a second the bot wants ~27 events, more than
+    // Synapse's burst of 10 plus 0.2/s refill (~15) allows, so it must meet 429s.
+    world.fake.script("echo", streamed(&answer, 7, 150));
     let room = world.room(false, &[]).await;
     let asked = world.alice.say(&room, "go").await;
     let shown = world
