@@ -14,7 +14,7 @@ use matrix_sdk::ruma::{OwnedRoomId, RoomId};
 use matrix_sdk::{Client, Room};
 use serde_json::{Value, json};
 
-use super::content::{self, MAX_CONTENT_BYTES, Relation};
+use super::content::{self, Relation, SEND_LIMIT_BYTES};
 use crate::core::render::split::LengthUnit;
 use crate::platform::{
     ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlatformError,
@@ -64,8 +64,7 @@ impl MatrixOutbound {
     }
 
     async fn send_content(&self, room: &Room, content: Value) -> Result<MessageId, PlatformError> {
-        // Encryption wraps the content in base64 (a third more): stay clear of 64 KiB.
-        if content::encoded_len(&content) > MAX_CONTENT_BYTES + 4_000 {
+        if content::encoded_len(&content) > SEND_LIMIT_BYTES {
             return Err(PlatformError::Failed {
                 detail: "the message is too large for one Matrix event".into(),
             });
