@@ -30,6 +30,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub matrix: MatrixConfig,
+    #[serde(default)]
+    pub discord: DiscordConfig,
 }
 
 /// How conversations behave.
@@ -183,6 +185,44 @@ impl Default for MatrixConfig {
             allowed_users: Vec::new(),
             allowed_servers: Vec::new(),
             ignored_users: Vec::new(),
+        }
+    }
+}
+
+/// The Discord bot: where `/poe` is registered and who may do what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscordConfig {
+    pub enabled: bool,
+    /// Guild (server) ids where `/poe` is registered; it shows up there at once. Empty:
+    /// registered globally (every server the bot is in; Discord may take a while to show it).
+    pub guilds: Vec<String>,
+    /// User ids that are admins of the bot everywhere: every command and no budget limit.
+    pub admins: Vec<String>,
+    /// Role ids whose members are admins of the bot, like `admins`.
+    pub admin_roles: Vec<String>,
+    /// Answer direct messages (every DM is a question).
+    pub allow_dms: bool,
+    /// Never answer other bots.
+    pub ignore_bots: bool,
+    /// Tests only: another REST base (`http://127.0.0.1:PORT`) instead of discord.com. It
+    /// turns serenity's own rate limiter off, which only a fake Discord can take.
+    pub api_base: Option<String>,
+    /// Tests only: the gateway websocket URL, instead of the one Discord announces.
+    pub gateway_url: Option<String>,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        DiscordConfig {
+            enabled: false,
+            guilds: Vec::new(),
+            admins: Vec::new(),
+            admin_roles: Vec::new(),
+            allow_dms: true,
+            ignore_bots: true,
+            api_base: None,
+            gateway_url: None,
         }
     }
 }
@@ -542,6 +582,38 @@ impl Config {
                 }
             }
         }
+        let discord = &self.discord;
+        for (key, ids) in [
+            ("discord.guilds", &discord.guilds),
+            ("discord.admins", &discord.admins),
+            ("discord.admin_roles", &discord.admin_roles),
+        ] {
+            for (index, id) in ids.iter().enumerate() {
+                if !is_snowflake(id) {
+                    problem(
+                        &format!("{key}[{index}]"),
+                        &format!(
+                            "`{id}` is not a Discord id; copy it with Developer Mode on (digits only, like \"80351110224678912\")"
+                        ),
+                    );
+                }
+            }
+        }
+        for (key, url, schemes) in [
+            ("discord.api_base", &discord.api_base, ["http", "https"]),
+            ("discord.gateway_url", &discord.gateway_url, ["ws", "wss"]),
+        ] {
+            if let Some(url) = url {
+                match reqwest::Url::parse(url) {
+                    Ok(parsed) if schemes.contains(&parsed.scheme()) => {}
+                    Ok(_) => problem(
+                        key,
+                        &format!("must be a {}:// or {}:// URL", schemes[0], schemes[1]),
+                    ),
+                    Err(err) => problem(key, &format!("is not a valid URL ({err})")),
+                }
+            }
+        }
         if self
             .log
             .filter
@@ -555,6 +627,11 @@ impl Config {
         }
         problems
     }
+}
+
+/// A Discord snowflake: digits that fit in 64 bits.
+fn is_snowflake(id: &str) -> bool {
+    id.bytes().all(|byte| byte.is_ascii_digit()) && id.parse::<u64>().is_ok_and(|id| id != 0)
 }
 
 /// `@localpart:server`, loosely: enough to catch a missing `@` or server.

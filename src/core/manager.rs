@@ -214,7 +214,8 @@ impl Manager {
         {
             let message = OutMessage {
                 text: part.render(),
-                reply_to: (index == 0).then(|| inbound.event_id.clone()),
+                reply_to: Some(inbound.event_id.clone()),
+                continuation: index > 0,
                 private,
             };
             for _ in 0..5 {
@@ -589,6 +590,7 @@ impl Manager {
                         OutMessage {
                             text: notice.into(),
                             reply_to: Some(record.reply_to.clone()),
+                            continuation: false,
                             private: false,
                         },
                     )

@@ -265,7 +265,8 @@ impl Outbound for MemoryPlatform {
             id: id.clone(),
             channel: channel.clone(),
             text: message.text,
-            reply_to: message.reply_to,
+            // As the channel shows it: only the first part is drawn as a reply.
+            reply_to: message.reply_to.filter(|_| !message.continuation),
             private: message.private,
             edits: 0,
             sent_at: now,

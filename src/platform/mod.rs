@@ -5,6 +5,7 @@
 //! here, was the bot addressed, what are the length and edit limits) and nothing else.
 //! [`memory`] is a platform that lives in memory, for tests and benchmarks.
 
+pub mod discord;
 pub mod matrix;
 pub mod memory;
 
@@ -101,6 +102,9 @@ pub struct OutMessage {
     pub text: String,
     /// The event this answers (a reply relation, or the interaction to answer).
     pub reply_to: Option<String>,
+    /// A further part of an answer whose first part already replied to `reply_to`: platforms
+    /// that draw reply relations leave it off; Discord posts it as an interaction follow-up.
+    pub continuation: bool,
     /// Only the caller should see it (Discord ephemeral replies), where the platform can.
     pub private: bool,
 }

@@ -298,11 +298,8 @@ async fn render(
                     &target.channel,
                     OutMessage {
                         text: text.clone(),
-                        reply_to: if index == 0 {
-                            target.reply_to.clone()
-                        } else {
-                            None
-                        },
+                        reply_to: target.reply_to.clone(),
+                        continuation: index > 0,
                         private: false,
                     },
                 )

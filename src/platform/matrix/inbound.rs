@@ -318,6 +318,7 @@ impl Receiver {
         let message = OutMessage {
             text,
             reply_to: Some(inbound.event_id.clone()),
+            continuation: false,
             private: false,
         };
         if let Err(err) = self.out.send(&inbound.channel, message).await {

@@ -154,7 +154,10 @@ impl Outbound for MatrixOutbound {
     ) -> Result<MessageId, PlatformError> {
         let room = self.room(channel)?;
         let relation = Relation {
-            reply_to: message.reply_to.as_deref(),
+            reply_to: message
+                .reply_to
+                .as_deref()
+                .filter(|_| !message.continuation),
             thread_root: channel.thread.as_deref(),
         };
         let sent = self

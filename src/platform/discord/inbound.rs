@@ -1,0 +1,402 @@
+//! Discord events in, [`Inbound`]s out: messages addressed to the bot and `/poe` commands.
+//!
+//! serenity runs every event handler in its own task, so events can overtake each other.
+//! The gateway side therefore only queues them (per channel, in the order the tasks ran) and
+//! one worker per channel translates them in that order, fetching files on the way, so a
+//! slow download cannot let the next message overtake it.
+//!
+//! Each event is handled at most once: the core drops event ids it has seen (a RESUME
+//! replays dispatches) and events from before the start; a slash command that was already
+//! acknowledged cannot be acknowledged again, so a replayed one is dropped at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::json;
+use serenity::all::{CommandInteraction, Message, Permissions};
+use tokio::sync::mpsc;
+
+use super::outbound::DiscordOutbound;
+use super::slash::{self, Request};
+use super::trigger::{self, Addressing};
+use crate::config::DiscordConfig;
+use crate::core::manager::{Disposition, Manager};
+use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound};
+use crate::poe::FileSource;
+
+/// The platform name in channel keys and ledger entries.
+pub const PLATFORM: &str = "discord";
+
+/// Discord's epoch (2015-01-01) in Unix milliseconds.
+const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+
+/// Longest wait for an attachment from Discord's CDN.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// When an id was made, in Unix milliseconds: every Discord id carries its creation time.
+pub fn snowflake_ms(id: u64) -> i64 {
+    i64::try_from((id >> 22) + DISCORD_EPOCH_MS).unwrap_or(i64::MAX)
+}
+
+/// What a channel's worker translates next.
+enum Work {
+    /// A message addressed to the bot; its files are fetched by the worker.
+    Message {
+        message: Box<Message>,
+        invocation: Invocation,
+        text: String,
+    },
+    /// A slash command, already acknowledged and translated.
+    Command(Box<Inbound>),
+}
+
+/// Takes the events the gateway hands over.
+pub struct Receiver {
+    manager: Manager,
+    out: Arc<DiscordOutbound>,
+    config: DiscordConfig,
+    bot_id: u64,
+    max_attachment_bytes: u64,
+    started_ms: i64,
+    downloads: reqwest::Client,
+    allow_plain_http_files: bool,
+    channels: Mutex<HashMap<u64, mpsc::UnboundedSender<Work>>>,
+}
+
+impl Receiver {
+    pub fn new(
+        manager: Manager,
+        out: Arc<DiscordOutbound>,
+        config: DiscordConfig,
+        bot_id: u64,
+        allow_plain_http_files: bool,
+    ) -> Receiver {
+        let downloads = reqwest::Client::builder()
+            .timeout(DOWNLOAD_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .unwrap_or_default();
+        Receiver {
+            max_attachment_bytes: manager.services().config.chat.max_attachment_bytes,
+            started_ms: manager.started_ms(),
+            manager,
+            out,
+            config,
+            bot_id,
+            downloads,
+            allow_plain_http_files,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn channels(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Work>>> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A configured admin of the bot: by user id, or by one of the member's roles.
+    fn is_bot_admin(&self, user: u64, roles: &[u64]) -> bool {
+        let configured = |ids: &[String], id: u64| ids.iter().any(|known| *known == id.to_string());
+        configured(&self.config.admins, user)
+            || roles
+                .iter()
+                .any(|role| configured(&self.config.admin_roles, *role))
+    }
+
+    /// A message from the gateway; returns at once.
+    pub fn accept_message(self: &Arc<Self>, message: Message) {
+        let author = &message.author;
+        if author.id.get() == self.bot_id || (author.bot && self.config.ignore_bots) {
+            return;
+        }
+        let is_direct = message.guild_id.is_none();
+        if is_direct && !self.config.allow_dms {
+            return;
+        }
+        if snowflake_ms(message.id.get()) < self.started_ms {
+            tracing::debug!(message = %message.id, "discord: ignoring a message from before the start");
+            return;
+        }
+        let addressing = Addressing {
+            mentions_bot: message
+                .mentions
+                .iter()
+                .any(|user| user.id.get() == self.bot_id),
+            replies_to_bot: message
+                .referenced_message
+                .as_ref()
+                .is_some_and(|replied| replied.author.id.get() == self.bot_id),
+            is_direct,
+        };
+        let people: Vec<(u64, String)> = message
+            .mentions
+            .iter()
+            .map(|user| (user.id.get(), display_name(user)))
+            .collect();
+        let Some((invocation, text)) =
+            trigger::classify(&message.content, self.bot_id, &people, &addressing)
+        else {
+            return;
+        };
+        let channel = message.channel_id.get();
+        self.queue(
+            channel,
+            Work::Message {
+                message: Box::new(message),
+                invocation,
+                text,
+            },
+        );
+    }
+
+    /// A `/poe` command, already acknowledged with `private` as its visibility.
+    pub fn accept_command(
+        self: &Arc<Self>,
+        interaction: CommandInteraction,
+        request: Request,
+        private: bool,
+    ) {
+        let id = interaction.id.get();
+        self.out
+            .remember_interaction(id, interaction.token.clone(), private);
+        let (invocation, text) = match request {
+            Request::Ask(question) => (Invocation::Message, question),
+            Request::Command(text) => (Invocation::Command, text),
+            Request::Invalid(reason) => {
+                let out = self.out.clone();
+                let channel = ChannelKey::new(PLATFORM, &interaction.channel_id.to_string());
+                tokio::spawn(async move {
+                    let message = OutMessage {
+                        text: format!("{reason} Try `/poe help`."),
+                        reply_to: Some(id.to_string()),
+                        continuation: false,
+                        private: true,
+                    };
+                    if let Err(err) = out.send(&channel, message).await {
+                        tracing::warn!(%err, "discord: cannot answer a malformed command");
+                    }
+                });
+                return;
+            }
+        };
+        let user = &interaction.user;
+        let (roles, permissions, nick) = match &interaction.member {
+            Some(member) => (
+                member.roles.iter().map(|role| role.get()).collect(),
+                member.permissions.unwrap_or_else(Permissions::empty),
+                member.nick.clone(),
+            ),
+            None => (Vec::new(), Permissions::empty(), None),
+        };
+        let is_bot_admin = self.is_bot_admin(user.id.get(), &roles);
+        let server_admin = interaction.guild_id.is_some()
+            && (permissions.contains(Permissions::ADMINISTRATOR)
+                || permissions.contains(Permissions::MANAGE_GUILD));
+        let inbound = Inbound {
+            channel: ChannelKey::new(PLATFORM, &interaction.channel_id.to_string()),
+            user_id: user.id.to_string(),
+            user_name: nick.unwrap_or_else(|| display_name(user)),
+            is_admin: is_bot_admin || server_admin,
+            is_bot_admin,
+            is_group: interaction.guild_id.is_some(),
+            invocation,
+            text,
+            attachments: Vec::new(),
+            event_id: id.to_string(),
+            timestamp_ms: snowflake_ms(id),
+        };
+        self.queue(interaction.channel_id.get(), Work::Command(Box::new(inbound)));
+    }
+
+    /// Suggestions for `/poe model name:` from Poe's model list.
+    pub async fn autocomplete(&self, interaction: CommandInteraction) {
+        let typed = interaction
+            .data
+            .autocomplete()
+            .map(|option| option.value.to_owned())
+            .unwrap_or_default();
+        let models = self.manager.services().catalog.models().await;
+        let choices: Vec<serde_json::Value> = models
+            .iter()
+            .flat_map(|list| {
+                slash::model_choices(&typed, list.iter().map(|model| model.id.as_str()))
+            })
+            .map(|id| json!({"name": id, "value": id}))
+            .collect();
+        let body = json!({"type": 8, "data": {"choices": choices}});
+        if let Err(err) = self
+            .out
+            .http()
+            .create_interaction_response(interaction.id, &interaction.token, &body, Vec::new())
+            .await
+        {
+            tracing::debug!(error = %super::outbound::platform_error(err), "discord: cannot answer an autocomplete");
+        }
+    }
+
+    fn queue(self: &Arc<Self>, channel: u64, work: Work) {
+        let mut channels = self.channels();
+        let work = match channels.get(&channel) {
+            Some(queue) => match queue.send(work) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(work)) => work,
+            },
+            None => work,
+        };
+        let (sender, mut queue) = mpsc::unbounded_channel();
+        let receiver = self.clone();
+        tokio::spawn(async move {
+            while let Some(work) = queue.recv().await {
+                receiver.process(work).await;
+            }
+        });
+        // The worker holds the other end: this cannot fail.
+        let _ = sender.send(work);
+        channels.insert(channel, sender);
+    }
+
+    async fn process(&self, work: Work) {
+        let (inbound, interaction) = match work {
+            Work::Command(inbound) => {
+                let id = inbound.event_id.parse::<u64>().ok();
+                (*inbound, id)
+            }
+            Work::Message {
+                message,
+                invocation,
+                text,
+            } => (self.translate(&message, invocation, text).await, None),
+        };
+        let out: Arc<dyn Outbound> = self.out.clone();
+        let disposition = self.manager.handle(inbound, out).await;
+        if let (Disposition::Duplicate | Disposition::TooOld, Some(id)) = (disposition, interaction)
+        {
+            // Nothing will answer it: take the "thinking…" away.
+            self.out.abandon_interaction(id).await;
+        }
+    }
+
+    async fn translate(&self, message: &Message, invocation: Invocation, text: String) -> Inbound {
+        let author = &message.author;
+        let roles: Vec<u64> = message
+            .member
+            .as_ref()
+            .map(|member| member.roles.iter().map(|role| role.get()).collect())
+            .unwrap_or_default();
+        let is_bot_admin = self.is_bot_admin(author.id.get(), &roles);
+        let name = message
+            .member
+            .as_ref()
+            .and_then(|member| member.nick.clone())
+            .unwrap_or_else(|| display_name(author));
+        // The files of the message, or else of the message it replies to (someone else's
+        // picture, asked about in a reply).
+        let mut files = &message.attachments;
+        if files.is_empty()
+            && let Some(replied) = &message.referenced_message
+            && replied.author.id.get() != self.bot_id
+        {
+            files = &replied.attachments;
+        }
+        let mut attachments = Vec::with_capacity(files.len());
+        for file in files {
+            attachments.push(self.fetch(file).await);
+        }
+        Inbound {
+            channel: ChannelKey::new(PLATFORM, &message.channel_id.to_string()),
+            user_id: author.id.to_string(),
+            user_name: name,
+            // Messages carry no permissions; server admins use the slash command.
+            is_admin: is_bot_admin,
+            is_bot_admin,
+            is_group: message.guild_id.is_some(),
+            invocation,
+            text,
+            attachments,
+            event_id: message.id.to_string(),
+            timestamp_ms: snowflake_ms(message.id.get()),
+        }
+    }
+
+    /// Downloads a file within the size limit. A file over the limit, or one that cannot be
+    /// fetched, goes on by URL: the core refuses the first with a note, and Poe fetches the
+    /// second itself.
+    async fn fetch(&self, file: &serenity::all::Attachment) -> InboundFile {
+        let size = u64::from(file.size);
+        let mut inbound = InboundFile {
+            name: file.filename.clone(),
+            content_type: file
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            size,
+            source: FileSource::Url(file.url.clone()),
+        };
+        if size > self.max_attachment_bytes {
+            return inbound;
+        }
+        match self.download(&file.url).await {
+            Ok(data) => {
+                inbound.size = data.len() as u64;
+                inbound.source = FileSource::Bytes(data.into());
+            }
+            Err(reason) => {
+                tracing::warn!(file = %file.filename, %reason, "discord: cannot fetch an attachment; passing its URL on");
+            }
+        }
+        inbound
+    }
+
+    async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" if self.allow_plain_http_files => {}
+            _ => return Err("not an https URL".into()),
+        }
+        let mut response = self
+            .downloads
+            .get(parsed)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|err| err.without_url().to_string())?;
+        let mut data = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| err.without_url().to_string())?
+        {
+            // One byte over is enough for the core to refuse it with the size note.
+            if (data.len() + chunk.len()) as u64 > self.max_attachment_bytes {
+                data.extend_from_slice(&chunk);
+                break;
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data)
+    }
+}
+
+/// The name people see: the global display name, else the username.
+fn display_name(user: &serenity::all::User) -> String {
+    user.global_name
+        .clone()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| user.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snowflakes_carry_their_time() {
+        // Discord's documented example: 175928847299117063 was made at 1462015105796.
+        assert_eq!(snowflake_ms(175_928_847_299_117_063), 1_462_015_105_796);
+        assert_eq!(snowflake_ms(0), DISCORD_EPOCH_MS as i64);
+        assert_eq!(snowflake_ms(u64::MAX), ((u64::MAX >> 22) + DISCORD_EPOCH_MS) as i64);
+    }
+}
