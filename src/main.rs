@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use poe_relay::config::Config;
 use poe_relay::core::manager::{Manager, Services};
 use poe_relay::platform::Outbound;
+use poe_relay::platform::discord::{self, Discord};
 use poe_relay::platform::matrix::{self, Matrix, session::Credentials};
 use poe_relay::poe::{ModelInfo, PoeClient};
 use poe_relay::secret::{self, ProcessEnv};
@@ -138,6 +139,21 @@ fn check_config(config: &Config, path: Option<&Path>) -> Result<()> {
             config.matrix.user_id, config.matrix.homeserver
         );
     }
+    if config.discord.enabled {
+        secret::read_required(&ProcessEnv, "DISCORD_TOKEN")?;
+        let commands = if config.discord.guilds.is_empty() {
+            "/poe registered globally".to_owned()
+        } else {
+            format!(
+                "/poe registered in {} guild(s)",
+                config.discord.guilds.len()
+            )
+        };
+        println!("discord: DISCORD_TOKEN set; {commands}");
+        if config.discord.api_base.is_some() {
+            println!("discord: api_base is set: a fake Discord, for tests only");
+        }
+    }
     Ok(())
 }
 
@@ -174,8 +190,22 @@ async fn run(config: Config) -> Result<()> {
         platforms.insert(matrix::PLATFORM.into(), connected.outbound());
         matrix = Some(connected);
     }
+    let mut discord = None;
+    if config.discord.enabled {
+        let token = secret::read_required(&ProcessEnv, "DISCORD_TOKEN")?;
+        let connected = Discord::connect(
+            &config.discord,
+            &token,
+            config.poe.base_url.starts_with("http://"),
+        )
+        .await?;
+        platforms.insert(discord::PLATFORM.into(), connected.outbound());
+        discord = Some(connected);
+    }
     if platforms.is_empty() {
-        tracing::warn!("no chat platform is enabled; set matrix.enabled = true in the config");
+        tracing::warn!(
+            "no chat platform is enabled; set matrix.enabled or discord.enabled to true in the config"
+        );
     }
     let recovered = manager.recover(&platforms).await;
     if recovered > 0 {
@@ -183,6 +213,11 @@ async fn run(config: Config) -> Result<()> {
     }
     let mut tasks = Vec::new();
     if let Some(connected) = matrix {
+        tasks.push(tokio::spawn(
+            connected.run(manager.clone(), shutdown.clone()),
+        ));
+    }
+    if let Some(connected) = discord {
         tasks.push(tokio::spawn(
             connected.run(manager.clone(), shutdown.clone()),
         ));

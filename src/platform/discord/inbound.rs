@@ -207,7 +207,10 @@ impl Receiver {
             event_id: id.to_string(),
             timestamp_ms: snowflake_ms(id),
         };
-        self.queue(interaction.channel_id.get(), Work::Command(Box::new(inbound)));
+        self.queue(
+            interaction.channel_id.get(),
+            Work::Command(Box::new(inbound)),
+        );
     }
 
     /// Suggestions for `/poe model name:` from Poe's model list.
@@ -270,7 +273,11 @@ impl Receiver {
             } => (self.translate(&message, invocation, text).await, None),
         };
         let out: Arc<dyn Outbound> = self.out.clone();
+        let event = inbound.event_id.clone();
         let disposition = self.manager.handle(inbound, out).await;
+        if disposition == Disposition::Duplicate {
+            tracing::debug!(%event, "discord: an event delivered again was dropped");
+        }
         if let (Disposition::Duplicate | Disposition::TooOld, Some(id)) = (disposition, interaction)
         {
             // Nothing will answer it: take the "thinking…" away.
@@ -397,6 +404,9 @@ mod tests {
         // Discord's documented example: 175928847299117063 was made at 1462015105796.
         assert_eq!(snowflake_ms(175_928_847_299_117_063), 1_462_015_105_796);
         assert_eq!(snowflake_ms(0), DISCORD_EPOCH_MS as i64);
-        assert_eq!(snowflake_ms(u64::MAX), ((u64::MAX >> 22) + DISCORD_EPOCH_MS) as i64);
+        assert_eq!(
+            snowflake_ms(u64::MAX),
+            ((u64::MAX >> 22) + DISCORD_EPOCH_MS) as i64
+        );
     }
 }

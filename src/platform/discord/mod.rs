@@ -54,7 +54,10 @@ pub enum DiscordError {
 /// What the gateway side hands to the run loop. serenity runs each handler in its own task;
 /// the handlers only acknowledge (where Discord's 3 s demand it) and pass events on.
 enum GatewayEvent {
-    Ready { name: String, guilds: usize },
+    Ready {
+        name: String,
+        guilds: usize,
+    },
     Resumed,
     Message(Box<Message>),
     Command {
@@ -247,7 +250,8 @@ impl Discord {
         let mut registered = false;
         loop {
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                // Dropping the watch guard here keeps this future `Send`.
+                _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
                 ended = &mut gateway => {
                     match ended {
                         Ok(Err(err)) => tracing::error!(%err, "discord: the gateway connection ended; Discord is not answered until a restart"),
@@ -301,7 +305,10 @@ async fn register_commands(http: &Http, config: &DiscordConfig) -> bool {
         let Some(id) = guild.parse::<u64>().ok().filter(|id| *id != 0) else {
             continue;
         };
-        match http.create_guild_commands(GuildId::new(id), &commands).await {
+        match http
+            .create_guild_commands(GuildId::new(id), &commands)
+            .await
+        {
             Ok(_) => tracing::info!(guild = %guild, "discord: /poe registered"),
             Err(err) => {
                 all = false;

@@ -196,8 +196,8 @@ fn snowflake(text: &str, what: &str) -> Result<u64, PlatformError> {
         .ok()
         .filter(|id| *id != 0)
         .ok_or_else(|| PlatformError::Failed {
-        detail: format!("`{text}` is not a Discord {what} id"),
-    })
+            detail: format!("`{text}` is not a Discord {what} id"),
+        })
 }
 
 /// Where an answer's message lives: a channel message, or a message of an interaction.

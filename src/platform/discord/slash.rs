@@ -7,6 +7,8 @@
 
 use serde_json::{Value, json};
 
+use crate::core::commands::{self, Command};
+
 /// The command's name on Discord.
 pub const NAME: &str = "poe";
 
@@ -15,12 +17,8 @@ const MAX_QUESTION: u32 = 6000;
 
 /// `/poe` with its subcommands, as Discord's application-command JSON.
 pub fn definition() -> Value {
-    let sub = |name: &str, description: &str, options: Value| {
-        json!({"type": 1, "name": name, "description": description, "options": options})
-    };
-    let text = |name: &str, description: &str, required: bool| {
-        json!({"type": 3, "name": name, "description": description, "required": required})
-    };
+    let sub = |name: &str, description: &str, options: Value| json!({"type": 1, "name": name, "description": description, "options": options});
+    let text = |name: &str, description: &str, required: bool| json!({"type": 3, "name": name, "description": description, "required": required});
     json!({
         "name": NAME,
         "type": 1,
@@ -99,13 +97,16 @@ impl Request {
         match self {
             Request::Ask(_) => false,
             Request::Invalid(_) => true,
-            Request::Command(text) => {
-                let word = text.split_whitespace().next().unwrap_or("help");
-                matches!(
-                    word.to_ascii_lowercase().as_str(),
-                    "help" | "usage" | "balance" | "budget"
-                )
-            }
+            // As the core answers them: help (also for what does not parse), the caller's
+            // usage, the account's balance and budgets are private.
+            Request::Command(text) => matches!(
+                commands::parse(text),
+                Err(_)
+                    | Ok(Command::Help
+                        | Command::Usage
+                        | Command::Balance
+                        | Command::Budget { .. })
+            ),
         }
     }
 }
@@ -151,11 +152,7 @@ pub fn translate(subcommand: &str, options: &[(String, OptionValue)]) -> Request
             let points = text("points").or_else(|| Some("default".into()));
             Request::Command(join(&[Some(sub.clone()), text("user"), points]))
         }
-        "model" => Request::Command(join(&[
-            Some(sub.clone()),
-            text("name"),
-            text("parameters"),
-        ])),
+        "model" => Request::Command(join(&[Some(sub.clone()), text("name"), text("parameters")])),
         "models" => Request::Command(join(&[Some(sub.clone()), text("filter")])),
         "prompt" => Request::Command(join(&[Some(sub.clone()), text("text")])),
         // The rest take no options; an unknown name gets the core's help.
@@ -253,7 +250,10 @@ mod tests {
         ));
         // The core's parser explains these, with the help text.
         assert_eq!(
-            translate("budget", &[option("user", Id(7)), option("points", Text("lots".into()))]),
+            translate(
+                "budget",
+                &[option("user", Id(7)), option("points", Text("lots".into()))]
+            ),
             Request::Command("budget 7 lots".into())
         );
         assert_eq!(translate("dance", &[]), Request::Command("dance".into()));
@@ -274,6 +274,8 @@ mod tests {
             (Request::Command("models".into()), false),
             (Request::Command("model x".into()), false),
             (Request::Command("reset".into()), false),
+            (Request::Command("dance".into()), true),
+            (Request::Command("budget 7 lots".into()), true),
             (Request::Invalid("no".into()), true),
         ] {
             assert_eq!(request.is_private(), private, "{request:?}");
@@ -285,10 +287,7 @@ mod tests {
         let definition = definition();
         let subs = definition["options"].as_array().expect("options");
         let names: Vec<&str> = subs.iter().filter_map(|sub| sub["name"].as_str()).collect();
-        for needed in crate::core::commands::SUBCOMMANDS
-            .iter()
-            .chain(&["ask"])
-        {
+        for needed in crate::core::commands::SUBCOMMANDS.iter().chain(&["ask"]) {
             assert!(names.contains(needed), "{needed} is missing");
         }
         for sub in subs {

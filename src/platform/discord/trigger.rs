@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn only_messages_for_the_bot() {
-        assert_eq!(classify("hello all", BOT, &[], &Addressing::default()), None);
+        assert_eq!(
+            classify("hello all", BOT, &[], &Addressing::default()),
+            None
+        );
         assert_eq!(
             classify("<@42> what is rust?", BOT, &[], &mentioned()),
             Some((Invocation::Message, "what is rust?".into()))
@@ -165,10 +168,7 @@ mod tests {
         );
         assert_eq!(
             classify("<@99999999999999999999999> hi", BOT, &[], &mentioned()),
-            Some((
-                Invocation::Message,
-                "<@99999999999999999999999> hi".into()
-            ))
+            Some((Invocation::Message, "<@99999999999999999999999> hi".into()))
         );
     }
 }

@@ -1,0 +1,865 @@
+//! The Discord adapter end to end: the real `poe-relay` binary (with the real serenity
+//! client inside) connected to the fake Discord (tests/support/fake_discord.rs) and the fake
+//! Poe, all on 127.0.0.1. People are simulated by dispatching gateway events; what they would
+//! see is what the fake Discord holds.
+
+mod support;
+
+use std::time::Duration;
+
+use poe_relay::core::render::split::{LengthUnit, split};
+use poe_relay::fake_poe::{FakePoe, Scenario};
+use poe_relay::poe::{FileSource, InputFile};
+use serde_json::{Value, json};
+
+use support::KEY;
+use support::bot_process::BotProcess;
+use support::fake_discord::{FakeDiscord, FakeMessage, FakeUser, IncomingCommand, IncomingMessage};
+
+const WAIT: Duration = Duration::from_secs(60);
+const GUILD: u64 = 910_000_000_000_000_001;
+const CHANNEL: u64 = 910_000_000_000_000_002;
+const OTHER_CHANNEL: u64 = 910_000_000_000_000_003;
+/// A thread: on Discord a thread is a channel of its own.
+const THREAD: u64 = 910_000_000_000_000_004;
+const DM: u64 = 910_000_000_000_000_005;
+const ADMIN_ROLE: u64 = 910_000_000_000_000_006;
+/// Discord permission bits.
+const ADMINISTRATOR: u64 = 1 << 3;
+const MANAGE_GUILD: u64 = 1 << 5;
+const SEND_MESSAGES: u64 = 1 << 11;
+
+fn alice() -> FakeUser {
+    FakeUser::new(810_000_000_000_000_001, "alice")
+}
+fn bob() -> FakeUser {
+    FakeUser::new(810_000_000_000_000_002, "bob")
+}
+/// Configured in `discord.admins`.
+fn root() -> FakeUser {
+    FakeUser::new(810_000_000_000_000_003, "root")
+}
+
+/// The fake Discord, the fake Poe and the bot.
+struct World {
+    discord: FakeDiscord,
+    poe: FakePoe,
+    _dir: tempfile::TempDir,
+    bot: BotProcess,
+}
+
+impl World {
+    async fn start() -> World {
+        World::start_with("", &[]).await
+    }
+
+    /// `discord` holds more lines for the `[discord]` section; `env` more variables.
+    async fn start_with(discord_lines: &str, env: &[(&str, &str)]) -> World {
+        let discord = FakeDiscord::start().await;
+        let poe = FakePoe::start(KEY).await.expect("fake Poe");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("poe-relay.toml");
+        let toml = format!(
+            r#"
+[poe]
+base_url = "{base}"
+upload_url = "{upload}"
+initial_backoff_ms = 10
+max_backoff_ms = 100
+
+[chat]
+default_model = "echo"
+
+[store]
+path = "{store}"
+
+[discord]
+enabled = true
+guilds = ["{GUILD}"]
+admins = ["{root}"]
+admin_roles = ["{ADMIN_ROLE}"]
+api_base = "{api}"
+gateway_url = "{gateway}"
+{discord_lines}
+
+[log]
+filter = "info,poe_relay=debug"
+"#,
+            base = poe.base_url(),
+            upload = poe.upload_url(),
+            store = dir.path().join("store").display(),
+            root = root().id,
+            api = discord.api_base(),
+            gateway = discord.gateway_url(),
+        );
+        std::fs::write(&config, toml).expect("write the bot's config");
+        let mut vars = vec![("POE_API_KEY", KEY), ("DISCORD_TOKEN", discord.bot_token())];
+        vars.extend_from_slice(env);
+        let mut bot = BotProcess::start(&config, &vars, &dir.path().join("bot.log"));
+        bot.wait_for_log("poe-relay started", 1, WAIT).await;
+        discord.wait_ready().await;
+        discord
+            .wait_for_within(WAIT, "/poe to be registered in the guild", |fake| {
+                (!fake.commands(Some(GUILD)).is_empty()).then_some(())
+            })
+            .await;
+        World {
+            discord,
+            poe,
+            _dir: dir,
+            bot,
+        }
+    }
+
+    /// `author` mentions the bot in `channel` of the guild.
+    fn mention(&self, channel: u64, author: FakeUser, text: &str) -> u64 {
+        let content = format!("{} {text}", self.discord.mention());
+        self.discord.dispatch_message(
+            IncomingMessage::new(channel, author, &content)
+                .in_guild(GUILD)
+                .mentioning(&self.discord.bot_user()),
+        )
+    }
+
+    /// Waits until the answer to `trigger` reads exactly `expected` (over as many messages as
+    /// the 2,000-character limit needs).
+    async fn wait_answer(&self, channel: u64, trigger: u64, expected: &str) -> Vec<FakeMessage> {
+        let parts: Vec<String> = split(expected, 2000, LengthUnit::Chars)
+            .iter()
+            .map(|part| part.render())
+            .collect();
+        self.discord
+            .wait_for_within(WAIT, &format!("the answer to {trigger}"), |fake| {
+                let answer = answer_in(fake, channel, trigger);
+                let shown: Vec<&str> = answer.iter().map(|m| m.content.as_str()).collect();
+                (shown == parts).then_some(answer)
+            })
+            .await
+    }
+
+    /// The query texts of every chat request the fake Poe received for `echo`.
+    fn contexts(&self) -> Vec<Vec<String>> {
+        self.poe
+            .chat_requests("echo")
+            .iter()
+            .map(|request| {
+                request.body["query"]
+                    .as_array()
+                    .map(|query| {
+                        query
+                            .iter()
+                            .map(|message| message["content"].as_str().unwrap_or("").to_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Runs `/poe <sub>` and waits for its answer; returns the interaction id.
+    async fn slash(&self, command: IncomingCommand) -> u64 {
+        let id = self.discord.dispatch_command(command);
+        self.discord
+            .wait_for_within(WAIT, "the slash command's answer", |fake| {
+                let interaction = fake.interaction(id)?;
+                let original = interaction
+                    .original
+                    .and_then(|original| fake.message(original));
+                // Answered in place, or (a private answer to a public "thinking…") by a
+                // follow-up once the original is gone.
+                let in_place = original
+                    .as_ref()
+                    .is_some_and(|message| !message.deleted && !message.content.is_empty());
+                let followed_up = !interaction.followups.is_empty()
+                    && original.is_none_or(|message| message.deleted);
+                (in_place || followed_up).then_some(())
+            })
+            .await;
+        id
+    }
+
+    /// What the caller of interaction `id` sees: the original answer, or its follow-ups.
+    fn slash_answer(&self, id: u64) -> (String, bool) {
+        let interaction = self.discord.interaction(id).expect("the interaction");
+        let messages: Vec<FakeMessage> = interaction
+            .original
+            .into_iter()
+            .chain(interaction.followups.iter().copied())
+            .filter_map(|message| self.discord.message(message))
+            .filter(|message| !message.deleted)
+            .collect();
+        let text = messages
+            .iter()
+            .map(|message| message.content.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let private = messages.iter().all(FakeMessage::is_ephemeral);
+        (text, private)
+    }
+
+    /// Nothing the bot sent was refused (content length, allowed_mentions, routes, late
+    /// acknowledgements).
+    fn assert_clean(&self) {
+        let violations = self.discord.violations();
+        assert!(
+            violations.is_empty(),
+            "the fake Discord refused: {violations:#?}"
+        );
+    }
+}
+
+/// The bot's answer to `trigger`: the message replying to it and the parts after it.
+fn answer_in(fake: &FakeDiscord, channel: u64, trigger: u64) -> Vec<FakeMessage> {
+    let messages: Vec<FakeMessage> = fake
+        .bot_messages(channel)
+        .into_iter()
+        .filter(|message| message.interaction_id.is_none() && !message.deleted)
+        .collect();
+    let Some(first) = messages
+        .iter()
+        .position(|message| message.reference == Some(trigger))
+    else {
+        return Vec::new();
+    };
+    let mut answer = vec![messages[first].clone()];
+    answer.extend(
+        messages[first + 1..]
+            .iter()
+            .take_while(|message| message.reference.is_none() && message.attachments.is_empty())
+            .cloned(),
+    );
+    answer
+}
+
+fn streamed(text: &str, chunk_chars: usize, interval_ms: u64) -> Scenario {
+    Scenario::Text {
+        text: text.to_owned(),
+        chunk_chars,
+        interval: Duration::from_millis(interval_ms),
+    }
+}
+
+fn options(sub: &str, values: Value) -> Value {
+    json!([{"type": 1, "name": sub, "options": values}])
+}
+
+const ANSWER: &str = "Rust's ownership rules, in short:\n\n\
+1. Each value has one owner.\n\
+2. When the owner goes out of scope, the value is dropped.\n\
+3. You can borrow a value, mutably once or immutably many times.\n\n\
+That is what lets Rust free memory without a garbage collector, and it is checked at \
+compile time, so none of this costs anything when the program runs.";
+
+#[tokio::test]
+async fn a_mention_gets_a_streamed_answer_and_follow_ups_keep_the_context() {
+    let world = World::start().await;
+    // About 6 s of streaming: enough for several edits at Discord's pace.
+    world.poe.script("echo", streamed(ANSWER, 8, 140));
+    let asked = world.mention(CHANNEL, alice(), "explain ownership");
+    let answer = world.wait_answer(CHANNEL, asked, ANSWER).await;
+    let message = &answer[0];
+    assert!(
+        message.edits() >= 3,
+        "the answer was streamed in {} edits",
+        message.edits()
+    );
+    assert_eq!(message.allowed_mentions, Some(json!({"parse": []})));
+    assert!(
+        !world.discord.typing(CHANNEL).is_empty(),
+        "no typing was shown"
+    );
+    assert_eq!(world.contexts()[0], vec!["alice: explain ownership"]);
+
+    // `/poe` is registered in the configured guild with every subcommand.
+    let registered = world.discord.commands(Some(GUILD));
+    let subcommands: Vec<&str> = registered[0]["options"]
+        .as_array()
+        .expect("subcommands")
+        .iter()
+        .filter_map(|sub| sub["name"].as_str())
+        .collect();
+    for needed in [
+        "ask", "balance", "usage", "budget", "model", "models", "reset", "help",
+    ] {
+        assert!(subcommands.contains(&needed), "{subcommands:?}");
+    }
+
+    // A reply to the bot's message, without a mention, continues the conversation.
+    world
+        .poe
+        .script("echo", Scenario::text("Yes: moves transfer ownership."));
+    let reply = world.discord.dispatch_message(
+        IncomingMessage::new(CHANNEL, bob(), "and moves?")
+            .in_guild(GUILD)
+            .replying_to(message.id),
+    );
+    world
+        .wait_answer(CHANNEL, reply, "Yes: moves transfer ownership.")
+        .await;
+    assert_eq!(
+        world.contexts()[1],
+        vec!["alice: explain ownership", ANSWER, "bob: and moves?"]
+    );
+
+    // A thread is its own channel: none of the above is in its context.
+    world.poe.script("echo", Scenario::text("Fresh start."));
+    let in_thread = world.mention(THREAD, alice(), "hello");
+    world.wait_answer(THREAD, in_thread, "Fresh start.").await;
+    assert_eq!(world.contexts()[2], vec!["alice: hello"]);
+
+    // A DM needs no mention.
+    world.poe.script("echo", Scenario::text("Hi in private."));
+    let direct = world
+        .discord
+        .dispatch_message(IncomingMessage::new(DM, alice(), "just us"));
+    world.wait_answer(DM, direct, "Hi in private.").await;
+    assert_eq!(world.contexts()[3], vec!["just us"]);
+
+    // Messages that are not for the bot are not answered: the next answer is to the next
+    // question, and Poe was asked nothing more.
+    world.discord.dispatch_message(
+        IncomingMessage::new(CHANNEL, alice(), "talking among ourselves").in_guild(GUILD),
+    );
+    world.poe.script("echo", Scenario::text("Done."));
+    let last = world.mention(CHANNEL, alice(), "last one");
+    world.wait_answer(CHANNEL, last, "Done.").await;
+    assert_eq!(world.contexts().len(), 5);
+    assert!(
+        world.contexts()[4]
+            .iter()
+            .all(|text| !text.contains("among ourselves")),
+        "{:?}",
+        world.contexts()[4]
+    );
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn balance_is_for_admins_only_and_every_command_is_acknowledged_in_time() {
+    let world = World::start().await;
+    world.poe.set_balance(123_456);
+    let balance = || options("balance", json!([]));
+    let admins = [
+        // By the member's permissions in the server.
+        IncomingCommand::new(CHANNEL, alice(), "poe", balance()).in_guild(GUILD, ADMINISTRATOR),
+        IncomingCommand::new(CHANNEL, bob(), "poe", balance()).in_guild(GUILD, MANAGE_GUILD),
+        // Configured: a role, and a user id (in a DM, where there are no permissions).
+        IncomingCommand::new(CHANNEL, bob(), "poe", balance())
+            .in_guild(GUILD, SEND_MESSAGES)
+            .with_roles(&[ADMIN_ROLE]),
+        IncomingCommand::new(DM, root(), "poe", balance()),
+    ];
+    for command in admins {
+        let id = world.slash(command).await;
+        let (text, private) = world.slash_answer(id);
+        assert!(text.contains("123456"), "{text}");
+        assert!(private, "the balance was shown to everyone");
+    }
+    let refused = world
+        .slash(
+            IncomingCommand::new(CHANNEL, bob(), "poe", balance()).in_guild(GUILD, SEND_MESSAGES),
+        )
+        .await;
+    let (text, private) = world.slash_answer(refused);
+    assert!(text.contains("Only admins"), "{text}");
+    assert!(!text.contains("123456"), "{text}");
+    assert!(private);
+
+    // `/poe ask` answers in public, in the acknowledged message.
+    world.poe.script("echo", Scenario::text("Forty-two."));
+    let asked = world
+        .slash(
+            IncomingCommand::new(
+                CHANNEL,
+                alice(),
+                "poe",
+                options(
+                    "ask",
+                    json!([{"type": 3, "name": "question", "value": "the answer?"}]),
+                ),
+            )
+            .in_guild(GUILD, SEND_MESSAGES),
+        )
+        .await;
+    world
+        .discord
+        .wait_for_within(WAIT, "the /poe ask answer", |fake| {
+            let original = fake.interaction(asked)?.original?;
+            (fake.message(original)?.content == "Forty-two.").then_some(())
+        })
+        .await;
+    let (_, private) = world.slash_answer(asked);
+    assert!(!private, "an ask answer must be public");
+    assert_eq!(world.contexts()[0], vec!["alice: the answer?"]);
+
+    // Every interaction was acknowledged (Discord's 3 s deadline is enforced by the fake,
+    // which would have refused a late one), with "thinking…" first.
+    let interactions = world.discord.interactions();
+    assert_eq!(interactions.len(), 6);
+    for interaction in &interactions {
+        let ack = interaction.ack.as_ref().expect("acknowledged");
+        assert_eq!(ack.kind, 5, "deferred, then edited");
+    }
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn slash_commands_with_bad_input_get_clear_answers() {
+    let world = World::start().await;
+    let in_guild = |options: Value| {
+        IncomingCommand::new(CHANNEL, root(), "poe", options).in_guild(GUILD, SEND_MESSAGES)
+    };
+    let cases = [
+        // An unknown subcommand: the help, privately.
+        (options("dance", json!([])), "is not a command", true),
+        // No subcommand at all.
+        (json!([]), "Pick a subcommand", true),
+        // Points of the wrong type.
+        (
+            options(
+                "budget",
+                json!([
+                    {"type": 6, "name": "user", "value": bob().id.to_string()},
+                    {"type": 3, "name": "points", "value": "lots"},
+                ]),
+            ),
+            "is not a number of points",
+            true,
+        ),
+        // A question of the wrong type.
+        (
+            options("ask", json!([{"type": 4, "name": "question", "value": 7}])),
+            "must be text",
+            true,
+        ),
+        // A budget that works (root is a configured admin).
+        (
+            options(
+                "budget",
+                json!([
+                    {"type": 6, "name": "user", "value": bob().id.to_string()},
+                    {"type": 4, "name": "points", "value": 250},
+                ]),
+            ),
+            "may now spend **250** points",
+            true,
+        ),
+        // A public answer.
+        (
+            options(
+                "models",
+                json!([{"type": 3, "name": "filter", "value": "claude"}]),
+            ),
+            "Claude-Sonnet-4.6",
+            false,
+        ),
+    ];
+    for (options, expected, expect_private) in cases {
+        let id = world.slash(in_guild(options.clone())).await;
+        let (text, private) = world.slash_answer(id);
+        assert!(text.contains(expected), "{options}: {text}");
+        assert_eq!(private, expect_private, "{options}: {text}");
+    }
+    // A private answer (refused) to a publicly acknowledged command: the public
+    // "thinking…" goes away and only the caller sees the answer.
+    let id = world
+        .slash(
+            IncomingCommand::new(
+                CHANNEL,
+                alice(),
+                "poe",
+                options(
+                    "model",
+                    json!([{"type": 3, "name": "name", "value": "Imagen-4"}]),
+                ),
+            )
+            .in_guild(GUILD, SEND_MESSAGES),
+        )
+        .await;
+    let (text, private) = world.slash_answer(id);
+    assert!(text.contains("Only admins can change the model"), "{text}");
+    assert!(private, "{text}");
+    let original = world
+        .discord
+        .interaction(id)
+        .and_then(|i| i.original)
+        .expect("deferred");
+    assert!(world.discord.message(original).expect("original").deleted);
+
+    // Another application's command name.
+    let id = world
+        .slash(IncomingCommand::new(CHANNEL, alice(), "weather", json!([])).in_guild(GUILD, 0))
+        .await;
+    assert!(
+        world
+            .slash_answer(id)
+            .0
+            .contains("not a command of this bot")
+    );
+
+    // Autocomplete for the model: the fake Poe's models containing what was typed, prefixes
+    // first.
+    let id = world.discord.dispatch_command(
+        IncomingCommand::new(
+            CHANNEL,
+            alice(),
+            "poe",
+            options(
+                "model",
+                json!([{"type": 3, "name": "name", "value": "E", "focused": true}]),
+            ),
+        )
+        .in_guild(GUILD, SEND_MESSAGES)
+        .autocomplete(),
+    );
+    let choices = world
+        .discord
+        .wait_for_within(WAIT, "autocomplete choices", |fake| {
+            let ack = fake.interaction(id)?.ack?;
+            (ack.kind == 8).then(|| ack.data["choices"].clone())
+        })
+        .await;
+    assert_eq!(
+        choices,
+        json!([
+            {"name": "echo", "value": "echo"},
+            {"name": "Claude-Sonnet-4.6", "value": "Claude-Sonnet-4.6"},
+            {"name": "Imagen-4", "value": "Imagen-4"},
+        ])
+    );
+
+    // A 40,000-character message gets the length note and costs nothing; the bot still
+    // answers afterwards.
+    let huge = world.mention(CHANNEL, alice(), &"a".repeat(40_000));
+    let note = world
+        .discord
+        .wait_for_within(WAIT, "the length note", |fake| {
+            answer_in(fake, CHANNEL, huge)
+                .first()
+                .map(|m| m.content.clone())
+        })
+        .await;
+    assert!(note.contains("characters"), "{note}");
+    // A malformed dispatch (no author, no id) is dropped by serenity; nothing breaks.
+    world.discord.dispatch_raw(
+        "MESSAGE_CREATE",
+        json!({"content": "<@1> hi", "channel_id": "x"}),
+    );
+    world.poe.script("echo", Scenario::text("Still here."));
+    let asked = world.mention(CHANNEL, alice(), "are you there?");
+    world.wait_answer(CHANNEL, asked, "Still here.").await;
+    assert_eq!(
+        world.contexts(),
+        vec![vec!["alice: are you there?".to_owned()]]
+    );
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn a_5000_character_answer_arrives_as_three_messages_with_fences_intact() {
+    let world = World::start().await;
+    let mut long = String::from("Here is the program you asked for:\n\n```rust\n");
+    let mut line = 0;
+    while long.chars().count() < 4_700 {
+        long.push_str(&format!(
+            "    let value_{line} = compute({line}); // step {line}\n"
+        ));
+        line += 1;
+    }
+    long.push_str("```\n\nRun it with `cargo run`.");
+    while long.chars().count() < 5_000 {
+        long.push_str(" Enjoy.");
+    }
+    world.poe.script("echo", streamed(&long, 400, 50));
+    let asked = world.mention(CHANNEL, alice(), "write me a long program");
+    let answer = world.wait_answer(CHANNEL, asked, &long).await;
+    assert_eq!(answer.len(), 3, "{answer:#?}");
+    for message in &answer {
+        assert!(message.content.chars().count() <= 2000);
+        assert_eq!(
+            message.content.matches("```").count() % 2,
+            0,
+            "unbalanced fences in {:?}",
+            message.content
+        );
+        assert_eq!(message.allowed_mentions, Some(json!({"parse": []})));
+    }
+    assert!(
+        answer[1].content.starts_with("```rust\n"),
+        "{}",
+        answer[1].content
+    );
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn attachments_reach_poe_and_image_answers_arrive_as_files() {
+    let world = World::start_with("", &[("POE_RELAY__CHAT__MAX_ATTACHMENT_BYTES", "4000")]).await;
+    world.poe.script("echo", Scenario::text("It says hello."));
+    let notes = b"hello from a text file\n".repeat(20);
+    let content = format!("{} what does this file say?", world.discord.mention());
+    let asked = world.discord.dispatch_message(
+        IncomingMessage::new(CHANNEL, alice(), &content)
+            .in_guild(GUILD)
+            .mentioning(&world.discord.bot_user())
+            .with_attachment("notes.txt", "text/plain", &notes),
+    );
+    world.wait_answer(CHANNEL, asked, "It says hello.").await;
+    let uploads = world.poe.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploads[0].bytes, notes);
+    assert_eq!(uploads[0].name, "notes.txt");
+    let request = &world.poe.chat_requests("echo")[0];
+    let last = request.body["query"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["content"], "alice: what does this file say?");
+    assert_eq!(last["attachments"][0]["content_type"], "text/plain");
+
+    // Over the configured 4,000 bytes: the user is told, and Poe hears nothing.
+    let content = format!("{} and this one?", world.discord.mention());
+    let big = world.discord.dispatch_message(
+        IncomingMessage::new(CHANNEL, alice(), &content)
+            .in_guild(GUILD)
+            .mentioning(&world.discord.bot_user())
+            .with_attachment("big.png", "image/png", &[7u8; 5000]),
+    );
+    let note = world
+        .discord
+        .wait_for_within(WAIT, "the size note", |fake| {
+            answer_in(fake, CHANNEL, big)
+                .first()
+                .map(|m| m.content.clone())
+        })
+        .await;
+    assert!(
+        note.contains("big.png") && note.contains("Send a smaller file"),
+        "{note}"
+    );
+    assert_eq!(world.poe.uploads().len(), 1);
+    assert_eq!(world.poe.chat_requests("echo").len(), 1);
+
+    // An image bot's answer arrives as a file the channel can download.
+    let picture = b"\x89PNG\r\n\x1a\n-a-cat-".repeat(64);
+    let poe = support::client(support::config_for(&world.poe));
+    let stored = poe
+        .upload(&InputFile {
+            name: "cat.png".into(),
+            content_type: "image/png".into(),
+            source: FileSource::Bytes(picture.clone().into()),
+        })
+        .await
+        .expect("put the picture on the fake Poe");
+    world.poe.script(
+        "echo",
+        Scenario::Media {
+            url: stored.url,
+            content_type: "image/png".into(),
+            name: "cat.png".into(),
+        },
+    );
+    let draw = world.mention(OTHER_CHANNEL, alice(), "draw a cat");
+    let file = world
+        .discord
+        .wait_for_within(WAIT, "the picture", |fake| {
+            fake.bot_messages(OTHER_CHANNEL)
+                .into_iter()
+                .find(|message| !message.attachments.is_empty())
+        })
+        .await;
+    assert_eq!(file.reference, Some(draw));
+    assert_eq!(file.attachments[0].filename, "cat.png");
+    let downloaded = reqwest::get(&file.attachments[0].url)
+        .await
+        .expect("download the bot's file")
+        .bytes()
+        .await
+        .expect("the file's bytes");
+    assert_eq!(downloaded.as_ref(), picture.as_slice());
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn rate_limits_are_respected_and_429s_lose_nothing() {
+    let world = World::start().await;
+    world.discord.rate_limit(CHANNEL, 5, Duration::from_secs(5));
+    world
+        .discord
+        .rate_limit(OTHER_CHANNEL, 5, Duration::from_secs(5));
+    let answer: String = (1..=60).map(|n| format!("word{n} ")).collect::<String>();
+    let answer = answer.trim_end().to_owned();
+    // About 6 s each.
+    world.poe.script("echo", streamed(&answer, 10, 100));
+    let first = world.mention(CHANNEL, alice(), "one");
+    let second = world.mention(CHANNEL, bob(), "two");
+    let third = world.mention(OTHER_CHANNEL, alice(), "three");
+    for (channel, trigger) in [(CHANNEL, first), (CHANNEL, second), (OTHER_CHANNEL, third)] {
+        world.wait_answer(channel, trigger, &answer).await;
+    }
+    assert_eq!(
+        world.discord.rate_limited(None),
+        0,
+        "the renderer's pacing should keep within 5 writes per 5 s"
+    );
+
+    // Injected 429s: slowed down, nothing lost.
+    world.discord.inject_429(CHANNEL, 3, Duration::from_secs(1));
+    let fourth = world.mention(CHANNEL, alice(), "four");
+    world.wait_answer(CHANNEL, fourth, &answer).await;
+    assert_eq!(world.discord.rate_limited(Some(CHANNEL)), 3);
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn gateway_trouble_loses_nothing_and_handles_nothing_twice() {
+    let world = World::start().await;
+    let answer: String = (1..=50).map(|n| format!("token{n} ")).collect::<String>();
+    let answer = answer.trim_end().to_owned();
+    world.poe.script("echo", streamed(&answer, 10, 120));
+    let first = world.mention(CHANNEL, alice(), "first");
+    world
+        .discord
+        .wait_for_within(WAIT, "the answer to start", |fake| {
+            (!answer_in(fake, CHANNEL, first).is_empty()).then_some(())
+        })
+        .await;
+
+    // The socket drops mid-stream; a message sent meanwhile is replayed on RESUME.
+    assert!(world.discord.drop_gateway());
+    let second = world.mention(OTHER_CHANNEL, bob(), "second");
+    world.wait_answer(CHANNEL, first, &answer).await;
+    world.wait_answer(OTHER_CHANNEL, second, &answer).await;
+    world
+        .discord
+        .wait_for_within(WAIT, "a resume", |fake| {
+            (fake.gateway_stats().resumes >= 1).then_some(())
+        })
+        .await;
+
+    // RECONNECT: the client resumes; the next message is answered.
+    let resumes = world.discord.gateway_stats().resumes;
+    assert!(world.discord.send_reconnect());
+    world
+        .discord
+        .wait_for_within(WAIT, "a second resume", |fake| {
+            (fake.gateway_stats().resumes > resumes).then_some(())
+        })
+        .await;
+    world.poe.script("echo", Scenario::text("Third."));
+    let third = world.mention(CHANNEL, alice(), "third");
+    world.wait_answer(CHANNEL, third, "Third.").await;
+
+    // Discord delivers at least once: the same MESSAGE_CREATE again is not answered again.
+    let stored: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v10/channels/{CHANNEL}/messages/{third}",
+            world.discord.api_base()
+        ))
+        .header(
+            "Authorization",
+            format!("Bot {}", world.discord.bot_token()),
+        )
+        .send()
+        .await
+        .expect("fetch the message")
+        .json()
+        .await
+        .expect("the message JSON");
+    let mut again = stored.clone();
+    again["mentions"] = json!([{
+        "id": world.discord.bot_user().id.to_string(),
+        "username": world.discord.bot_user().name,
+        "discriminator": "0000",
+        "global_name": null,
+        "avatar": null,
+        "bot": true,
+    }]);
+    again["guild_id"] = json!(GUILD.to_string());
+    world.discord.dispatch_raw("MESSAGE_CREATE", again);
+
+    let dropped = format!("an event delivered again was dropped event={third}");
+    world
+        .discord
+        .wait_for_within(WAIT, "the bot to drop the duplicate", |_| {
+            world.bot.log().contains(&dropped).then_some(())
+        })
+        .await;
+
+    // INVALID_SESSION, not resumable: a fresh IDENTIFY, and the bot keeps answering.
+    let identifies = world.discord.gateway_stats().identifies;
+    assert!(world.discord.send_invalid_session(false));
+    world
+        .discord
+        .wait_for_within(WAIT, "a new IDENTIFY", |fake| {
+            let stats = fake.gateway_stats();
+            (stats.identifies > identifies && stats.connected).then_some(())
+        })
+        .await;
+    world.poe.script("echo", Scenario::text("Fourth."));
+    let fourth = world.mention(CHANNEL, alice(), "fourth");
+    world.wait_answer(CHANNEL, fourth, "Fourth.").await;
+
+    // Each question reached Poe once and got one answer.
+    let questions: Vec<String> = world
+        .contexts()
+        .iter()
+        .map(|context| context.last().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        questions,
+        [
+            "alice: first",
+            "bob: second",
+            "alice: third",
+            "alice: fourth"
+        ]
+    );
+    for (channel, trigger) in [
+        (CHANNEL, first),
+        (OTHER_CHANNEL, second),
+        (CHANNEL, third),
+        (CHANNEL, fourth),
+    ] {
+        let replies = world
+            .discord
+            .bot_messages(channel)
+            .iter()
+            .filter(|message| message.reference == Some(trigger))
+            .count();
+        assert_eq!(replies, 1, "answers to {trigger}");
+    }
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn a_rejected_token_stops_the_start_with_a_clear_message() {
+    let discord = FakeDiscord::start().await;
+    let poe = FakePoe::start(KEY).await.expect("fake Poe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("poe-relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[poe]\nbase_url = \"{}\"\n[store]\npath = \"{}\"\n[discord]\nenabled = true\napi_base = \"{}\"\ngateway_url = \"{}\"\n",
+            poe.base_url(),
+            dir.path().join("store").display(),
+            discord.api_base(),
+            discord.gateway_url()
+        ),
+    )
+    .expect("config");
+    let wrong = "not-the-token-0123456789";
+    let mut bot = BotProcess::start(
+        &config,
+        &[("POE_API_KEY", KEY), ("DISCORD_TOKEN", wrong)],
+        &dir.path().join("bot.log"),
+    );
+    let status = bot.wait_for_exit(WAIT).await;
+    assert!(!status.success());
+    let log = bot.log();
+    assert!(log.contains("Discord rejected the bot token"), "{log}");
+    assert!(!log.contains(wrong), "the token leaked into the log: {log}");
+}
