@@ -91,6 +91,22 @@ async fn check_config_rejects_broken_configs_precisely() {
             "[matrix]\npassword = \"hunter2\"\n",
             "matrix.password: secrets are not read from the config file; remove it and set MATRIX_PASSWORD",
         ),
+        (
+            "[discord]\nadmins = [\"alice\"]\n",
+            "discord.admins[0]: `alice` is not a Discord id",
+        ),
+        (
+            "[discord]\nguilds = [\"0\"]\n",
+            "discord.guilds[0]: `0` is not a Discord id",
+        ),
+        (
+            "[discord]\napi_base = \"ftp://127.0.0.1\"\n",
+            "discord.api_base: must be a http:// or https:// URL",
+        ),
+        (
+            "[discord]\ntoken = \"sk-leaked-123\"\n",
+            "discord.token: secrets are not read from the config file; remove it and set DISCORD_TOKEN",
+        ),
     ];
     for (index, (toml, expected)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("broken-{index}.toml"));
@@ -161,6 +177,38 @@ async fn check_config_wants_matrix_credentials_for_a_first_start() {
         text(&output)
     );
     assert!(!text(&output).contains("hunter2"));
+}
+
+#[tokio::test]
+async fn check_config_wants_the_discord_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("discord.toml");
+    std::fs::write(
+        &path,
+        "[discord]\nenabled = true\nguilds = [\"910000000000000001\"]\nadmins = [910000000000000002]\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let output = run(
+        &["check-config", "--config", config],
+        &[("POE_API_KEY", KEY)],
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(text(&output).contains("DISCORD_TOKEN"), "{}", text(&output));
+    let token = "discord-token-abc.def";
+    let output = run(
+        &["check-config", "--config", config],
+        &[("POE_API_KEY", KEY), ("DISCORD_TOKEN", token)],
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("/poe registered in 1 guild(s)"),
+        "{}",
+        text(&output)
+    );
+    assert!(!text(&output).contains(token));
 }
 
 #[tokio::test]

@@ -44,7 +44,8 @@ fn root() -> FakeUser {
 struct World {
     discord: FakeDiscord,
     poe: FakePoe,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
     bot: BotProcess,
 }
 
@@ -93,11 +94,7 @@ filter = "info,poe_relay=debug"
             gateway = discord.gateway_url(),
         );
         std::fs::write(&config, toml).expect("write the bot's config");
-        let mut vars = vec![("POE_API_KEY", KEY), ("DISCORD_TOKEN", discord.bot_token())];
-        vars.extend_from_slice(env);
-        let mut bot = BotProcess::start(&config, &vars, &dir.path().join("bot.log"));
-        bot.wait_for_log("poe-relay started", 1, WAIT).await;
-        discord.wait_ready().await;
+        let bot = start_bot(&discord, &config, &dir, env, 1).await;
         discord
             .wait_for_within(WAIT, "/poe to be registered in the guild", |fake| {
                 (!fake.commands(Some(GUILD)).is_empty()).then_some(())
@@ -106,9 +103,16 @@ filter = "info,poe_relay=debug"
         World {
             discord,
             poe,
-            _dir: dir,
+            dir,
+            config,
             bot,
         }
+    }
+
+    /// SIGKILLs the bot and starts it again on the same store.
+    async fn kill_and_restart(&mut self) {
+        self.bot.stop("KILL");
+        self.bot = start_bot(&self.discord, &self.config, &self.dir, &[], 2).await;
     }
 
     /// `author` mentions the bot in `channel` of the guild.
@@ -208,6 +212,27 @@ filter = "info,poe_relay=debug"
     }
 }
 
+/// Starts the bot and waits for its `nth` start and a READY on the gateway.
+async fn start_bot(
+    discord: &FakeDiscord,
+    config: &std::path::Path,
+    dir: &tempfile::TempDir,
+    env: &[(&str, &str)],
+    nth: usize,
+) -> BotProcess {
+    let mut vars = vec![("POE_API_KEY", KEY), ("DISCORD_TOKEN", discord.bot_token())];
+    vars.extend_from_slice(env);
+    let mut bot = BotProcess::start(config, &vars, &dir.path().join("bot.log"));
+    bot.wait_for_log("poe-relay started", nth, WAIT).await;
+    discord
+        .wait_for_within(WAIT, "the bot to identify", |fake| {
+            let stats = fake.gateway_stats();
+            (stats.connected && stats.identifies >= nth).then_some(())
+        })
+        .await;
+    bot
+}
+
 /// The bot's answer to `trigger`: the message replying to it and the parts after it.
 fn answer_in(fake: &FakeDiscord, channel: u64, trigger: u64) -> Vec<FakeMessage> {
     let messages: Vec<FakeMessage> = fake
@@ -269,6 +294,12 @@ async fn a_mention_gets_a_streamed_answer_and_follow_ups_keep_the_context() {
         "no typing was shown"
     );
     assert_eq!(world.contexts()[0], vec!["alice: explain ownership"]);
+
+    // The gateway intents a relay needs, and no more: guild messages, DMs, message content.
+    assert_eq!(
+        world.discord.gateway_stats().intents,
+        Some((1 << 9) | (1 << 12) | (1 << 15))
+    );
 
     // `/poe` is registered in the configured guild with every subcommand.
     let registered = world.discord.commands(Some(GUILD));
@@ -862,4 +893,77 @@ async fn a_rejected_token_stops_the_start_with_a_clear_message() {
     let log = bot.log();
     assert!(log.contains("Discord rejected the bot token"), "{log}");
     assert!(!log.contains(wrong), "the token leaked into the log: {log}");
+}
+
+#[tokio::test]
+async fn a_restart_closes_interrupted_answers_and_keeps_the_history() {
+    let mut world = World::start().await;
+    let slow = "word ".repeat(200);
+    world.poe.script("echo", streamed(&slow, 5, 100));
+    let first = world.mention(CHANNEL, alice(), "tell me a long story");
+    let asked = world.discord.dispatch_command(
+        IncomingCommand::new(
+            OTHER_CHANNEL,
+            bob(),
+            "poe",
+            options(
+                "ask",
+                json!([{"type": 3, "name": "question", "value": "another story"}]),
+            ),
+        )
+        .in_guild(GUILD, SEND_MESSAGES),
+    );
+    world
+        .discord
+        .wait_for_within(WAIT, "both answers to be streaming", |fake| {
+            let channel = answer_in(fake, CHANNEL, first).first()?.edits() >= 1;
+            let original = fake.message(fake.interaction(asked)?.original?)?;
+            (channel && original.content.starts_with("word")).then_some(())
+        })
+        .await;
+    world.kill_and_restart().await;
+
+    // The channel answer is closed by an edit that keeps its text.
+    let closed = world
+        .discord
+        .wait_for_within(WAIT, "the interrupted answer to say so", |fake| {
+            let message = answer_in(fake, CHANNEL, first).first()?.clone();
+            message.content.contains("interrupted").then_some(message)
+        })
+        .await;
+    assert!(
+        closed.content.starts_with("word word"),
+        "{}",
+        closed.content
+    );
+    // The slash command's token died with the process: a new message says so instead.
+    world
+        .discord
+        .wait_for_within(WAIT, "a notice for the interrupted /poe ask", |fake| {
+            fake.bot_messages(OTHER_CHANNEL)
+                .iter()
+                .any(|m| m.interaction_id.is_none() && m.content.contains("interrupted"))
+                .then_some(())
+        })
+        .await;
+
+    // The history survived: the next question carries the first one.
+    world.poe.script("echo", Scenario::text("The end."));
+    let next = world.mention(CHANNEL, alice(), "and then?");
+    world.wait_answer(CHANNEL, next, "The end.").await;
+    let contexts = world.contexts();
+    let last = contexts.last().expect("a context");
+    assert_eq!(
+        last.first().map(String::as_str),
+        Some("alice: tell me a long story")
+    );
+    assert_eq!(last.last().map(String::as_str), Some("alice: and then?"));
+    let answers = world
+        .discord
+        .bot_messages(CHANNEL)
+        .iter()
+        .filter(|message| message.reference == Some(first))
+        .count();
+    assert_eq!(answers, 1, "the first question was answered twice");
+    world.assert_clean();
 }

@@ -25,7 +25,8 @@
 //! - test policy: every message write with content carries `allowed_mentions` that mentions
 //!   nobody (`parse` empty, no `users`/`roles`, `replied_user` not true); Discord itself would
 //!   accept the request, but a relay of model output must never ping anyone;
-//! - `message_reference` to a message that exists; edits only of the bot's own messages;
+//! - `message_reference` to a message that exists (unless `fail_if_not_exists` is false: then
+//!   a plain message, as Discord does); edits only of the bot's own messages;
 //! - interactions: one callback each, within the deadline (3 s, as Discord); `@original` and
 //!   follow-ups only after the callback;
 //! - command registration: names and descriptions Discord would accept;
@@ -1430,8 +1431,12 @@ fn create_message(
                 .as_str()
                 .and_then(|id| id.parse().ok())
                 .or_else(|| id.as_u64());
+            // Discord sends a reply to a missing message as a plain message when asked to.
+            let strict =
+                body.pointer("/message_reference/fail_if_not_exists") != Some(&json!(false));
             match id.and_then(|id| st.messages.get(&id)) {
                 Some(target) if target.channel_id == channel && !target.deleted => Some(target.id),
+                _ if !strict => None,
                 _ => {
                     return Err(Reply::form_error(
                         "message_reference",
