@@ -4,6 +4,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Applied after every filter: see [`init`].
+const SERENITY_HTTP_CAP: &str = "serenity::http=error";
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
 pub fn init(config: &LogConfig) {
     let filter = std::env::var("RUST_LOG")
@@ -11,6 +14,12 @@ pub fn init(config: &LogConfig) {
         .and_then(|value| value.parse::<EnvFilter>().ok())
         .or_else(|| config.filter.parse::<EnvFilter>().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // serenity's HTTP layer logs request routes at debug and warn level, and a webhook route
+    // carries a slash command's token (a credential): never let those lines through.
+    let filter = match SERENITY_HTTP_CAP.parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     // Colour codes only for a person at a terminal; in files and journals they are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use poe_relay::config::Config;
 use poe_relay::core::manager::{Manager, Services};
@@ -211,38 +212,47 @@ async fn run(config: Config) -> Result<()> {
     if recovered > 0 {
         tracing::info!(recovered, "closed replies interrupted by the last stop");
     }
-    let mut tasks = Vec::new();
+    // Each platform runs until the shutdown signal; one that ends before it has failed.
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     if let Some(connected) = matrix {
-        tasks.push(tokio::spawn(
-            connected.run(manager.clone(), shutdown.clone()),
-        ));
+        let (manager, shutdown) = (manager.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            connected.run(manager, shutdown).await;
+            Ok(())
+        });
     }
     if let Some(connected) = discord {
-        tasks.push(tokio::spawn(
-            connected.run(manager.clone(), shutdown.clone()),
-        ));
+        let (manager, shutdown) = (manager.clone(), shutdown.clone());
+        tasks.spawn(async move { Ok(connected.run(manager, shutdown).await?) });
     }
     tracing::info!(
         base_url = %config.poe.base_url,
         platforms = ?platforms.keys().collect::<Vec<_>>(),
         "poe-relay started"
     );
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let failure = tokio::select! {
+        _ = terminate.recv() => None,
+        _ = interrupt.recv() => None,
+        Some(ended) = tasks.join_next() => Some(match ended {
+            Ok(Err(err)) => err,
+            Ok(Ok(())) => anyhow::anyhow!("a chat platform stopped unexpectedly"),
+            Err(err) => anyhow::anyhow!("a chat platform failed: {err}"),
+        }),
+    };
+    match &failure {
+        Some(err) => tracing::error!("stopping: {err:#}"),
+        None => tracing::info!("shutting down"),
     }
-    tracing::info!("shutting down");
     let _ = stop.send(true);
-    for task in tasks {
-        if tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("a platform did not stop within 5 s");
-        }
+    let stopped = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("a platform did not stop within 5 s");
     }
     store.flush().await?;
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// The Matrix login secret for a first start; a saved session needs none.

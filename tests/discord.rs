@@ -84,7 +84,8 @@ gateway_url = "{gateway}"
 {discord_lines}
 
 [log]
-filter = "info,poe_relay=debug"
+# serenity at debug too: no secret may reach the log even then.
+filter = "info,poe_relay=debug,serenity=debug"
 "#,
             base = poe.base_url(),
             upload = poe.upload_url(),
@@ -202,12 +203,23 @@ filter = "info,poe_relay=debug"
     }
 
     /// Nothing the bot sent was refused (content length, allowed_mentions, routes, late
-    /// acknowledgements).
+    /// acknowledgements), and no secret reached the log.
     fn assert_clean(&self) {
         let violations = self.discord.violations();
         assert!(
             violations.is_empty(),
             "the fake Discord refused: {violations:#?}"
+        );
+        // Neither the bot token nor an interaction token (a credential for 15 minutes) is
+        // ever logged.
+        let log = self.bot.log();
+        assert!(
+            !log.contains(self.discord.bot_token()),
+            "the bot token was logged"
+        );
+        assert!(
+            !log.contains("fake-interaction-token"),
+            "an interaction token was logged"
         );
     }
 }
@@ -491,8 +503,7 @@ async fn slash_commands_with_bad_input_get_clear_answers() {
         assert!(text.contains(expected), "{options}: {text}");
         assert_eq!(private, expect_private, "{options}: {text}");
     }
-    // A private answer (refused) to a publicly acknowledged command: the public
-    // "thinking…" goes away and only the caller sees the answer.
+    // A change by a non-admin is refused privately: acknowledged privately from the start.
     let id = world
         .slash(
             IncomingCommand::new(
@@ -510,12 +521,12 @@ async fn slash_commands_with_bad_input_get_clear_answers() {
     let (text, private) = world.slash_answer(id);
     assert!(text.contains("Only admins can change the model"), "{text}");
     assert!(private, "{text}");
-    let original = world
+    let ack = world
         .discord
         .interaction(id)
-        .and_then(|i| i.original)
-        .expect("deferred");
-    assert!(world.discord.message(original).expect("original").deleted);
+        .and_then(|i| i.ack)
+        .expect("acknowledged");
+    assert!(ack.ephemeral);
 
     // Another application's command name.
     let id = world
@@ -865,16 +876,17 @@ async fn gateway_trouble_loses_nothing_and_handles_nothing_twice() {
     world.assert_clean();
 }
 
-#[tokio::test]
-async fn a_rejected_token_stops_the_start_with_a_clear_message() {
-    let discord = FakeDiscord::start().await;
-    let poe = FakePoe::start(KEY).await.expect("fake Poe");
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A minimal config for `discord` and `poe` in `dir`: for starts that are meant to fail.
+fn bare_config(
+    discord: &FakeDiscord,
+    poe: &FakePoe,
+    dir: &tempfile::TempDir,
+) -> std::path::PathBuf {
     let config = dir.path().join("poe-relay.toml");
     std::fs::write(
         &config,
         format!(
-            "[poe]\nbase_url = \"{}\"\n[store]\npath = \"{}\"\n[discord]\nenabled = true\napi_base = \"{}\"\ngateway_url = \"{}\"\n",
+            "[poe]\nbase_url = \"{}\"\n[store]\npath = \"{}\"\n[discord]\nenabled = true\napi_base = \"{}\"\ngateway_url = \"{}\"\n[log]\nfilter = \"info,serenity=debug\"\n",
             poe.base_url(),
             dir.path().join("store").display(),
             discord.api_base(),
@@ -882,6 +894,15 @@ async fn a_rejected_token_stops_the_start_with_a_clear_message() {
         ),
     )
     .expect("config");
+    config
+}
+
+#[tokio::test]
+async fn a_rejected_token_stops_the_start_with_a_clear_message() {
+    let discord = FakeDiscord::start().await;
+    let poe = FakePoe::start(KEY).await.expect("fake Poe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = bare_config(&discord, &poe, &dir);
     let wrong = "not-the-token-0123456789";
     let mut bot = BotProcess::start(
         &config,
@@ -893,6 +914,123 @@ async fn a_rejected_token_stops_the_start_with_a_clear_message() {
     let log = bot.log();
     assert!(log.contains("Discord rejected the bot token"), "{log}");
     assert!(!log.contains(wrong), "the token leaked into the log: {log}");
+}
+
+/// Without the Message Content intent switched on in the Developer Portal, Discord closes the
+/// gateway (4014); a bot that went on running would be deaf, so it stops and says what to do.
+#[tokio::test]
+async fn a_missing_intent_stops_the_daemon_with_what_to_do() {
+    let discord = FakeDiscord::start_with(support::fake_discord::FakeDiscordOptions {
+        message_content_allowed: false,
+        ..Default::default()
+    })
+    .await;
+    let poe = FakePoe::start(KEY).await.expect("fake Poe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = bare_config(&discord, &poe, &dir);
+    let mut bot = BotProcess::start(
+        &config,
+        &[("POE_API_KEY", KEY), ("DISCORD_TOKEN", discord.bot_token())],
+        &dir.path().join("bot.log"),
+    );
+    let status = bot.wait_for_exit(WAIT).await;
+    assert!(!status.success());
+    let log = bot.log();
+    assert!(log.contains("turn on Message Content Intent"), "{log}");
+    assert!(
+        !log.contains(discord.bot_token()),
+        "the token leaked into the log"
+    );
+}
+
+/// The adapter's sending side alone against the fake Discord: a private answer to a publicly
+/// acknowledged command (which the core sends when a public command fails) must reach only
+/// the caller, although Discord turns the first follow-up after a deferral into the public
+/// deferred message itself.
+#[tokio::test]
+async fn a_private_answer_to_a_public_acknowledgement_stays_private() {
+    use poe_relay::platform::discord::outbound::DiscordOutbound;
+    use poe_relay::platform::{ChannelKey, OutMessage, Outbound};
+    use serenity::all::{ApplicationId, HttpBuilder, InteractionId};
+
+    poe_relay::tls::install_crypto_provider();
+    let discord = FakeDiscord::start().await;
+    let http = HttpBuilder::new(discord.bot_token())
+        .proxy(discord.api_base())
+        .ratelimiter_disabled(true)
+        .build();
+    http.set_application_id(ApplicationId::new(discord.application_id()));
+    let http = std::sync::Arc::new(http);
+    let out = DiscordOutbound::new(http.clone(), true);
+    // Interactions are dispatched to a gateway session; none is needed to answer over REST.
+    let id = discord.dispatch_command(
+        IncomingCommand::new(CHANNEL, alice(), "poe", options("models", json!([])))
+            .in_guild(GUILD, SEND_MESSAGES),
+    );
+    let token = discord.interaction(id).expect("recorded").token;
+    http.create_interaction_response(
+        InteractionId::new(id),
+        &token,
+        &json!({"type": 5}),
+        Vec::new(),
+    )
+    .await
+    .expect("defer publicly");
+    out.remember_interaction(id, token, false);
+    let channel = ChannelKey::new("discord", &CHANNEL.to_string());
+    let sent = out
+        .send(
+            &channel,
+            OutMessage {
+                text: "That did not work.".into(),
+                reply_to: Some(id.to_string()),
+                continuation: false,
+                private: true,
+            },
+        )
+        .await
+        .expect("sent");
+    let interaction = discord.interaction(id).expect("recorded");
+    let original = discord
+        .message(interaction.original.expect("deferred"))
+        .expect("the original");
+    assert!(
+        original.deleted,
+        "the public placeholder stayed: {original:?}"
+    );
+    assert!(!original.content.contains("did not work"));
+    assert_eq!(interaction.followups.len(), 1);
+    let answer = discord
+        .message(interaction.followups[0])
+        .expect("the follow-up");
+    assert_eq!(answer.content, "That did not work.");
+    assert!(answer.is_ephemeral());
+    assert_eq!(sent.0, format!("{id}/{}", answer.id));
+
+    // Its continuation is private too, and edits reach it.
+    let more = out
+        .send(
+            &channel,
+            OutMessage {
+                text: "More.".into(),
+                reply_to: Some(id.to_string()),
+                continuation: true,
+                private: true,
+            },
+        )
+        .await
+        .expect("sent");
+    out.edit(&channel, &more, "More, edited.")
+        .await
+        .expect("edited");
+    let interaction = discord.interaction(id).expect("recorded");
+    let second = discord
+        .message(interaction.followups[1])
+        .expect("the second part");
+    assert!(second.is_ephemeral());
+    assert_eq!(second.content, "More, edited.");
+    let violations = discord.violations();
+    assert!(violations.is_empty(), "{violations:#?}");
 }
 
 #[tokio::test]
@@ -965,5 +1103,67 @@ async fn a_restart_closes_interrupted_answers_and_keeps_the_history() {
         .filter(|message| message.reference == Some(first))
         .count();
     assert_eq!(answers, 1, "the first question was answered twice");
+    world.assert_clean();
+}
+
+#[tokio::test]
+async fn dms_when_allowed_bots_never_and_files_without_words() {
+    let world = World::start_with("allow_dms = false", &[]).await;
+    // A DM is not answered when DMs are off; a slash command in a DM says why.
+    world
+        .discord
+        .dispatch_message(IncomingMessage::new(DM, alice(), "hello?"));
+    let id = world
+        .slash(IncomingCommand::new(
+            DM,
+            alice(),
+            "poe",
+            options("usage", json!([])),
+        ))
+        .await;
+    let (text, private) = world.slash_answer(id);
+    assert!(
+        text.contains("does not answer in direct messages"),
+        "{text}"
+    );
+    assert!(private);
+
+    // Another bot mentioning this one is not answered.
+    let other_bot = FakeUser {
+        bot: true,
+        ..FakeUser::new(810_000_000_000_000_009, "otherbot")
+    };
+    world.mention(CHANNEL, other_bot, "ping");
+
+    // A file with no words is a question about the file.
+    world
+        .poe
+        .script("echo", Scenario::text("A list of numbers."));
+    let content = world.discord.mention();
+    let file_only = world.discord.dispatch_message(
+        IncomingMessage::new(CHANNEL, alice(), &content)
+            .in_guild(GUILD)
+            .mentioning(&world.discord.bot_user())
+            .with_attachment("numbers.csv", "text/csv", b"1,2,3\n"),
+    );
+    world
+        .wait_answer(CHANNEL, file_only, "A list of numbers.")
+        .await;
+    let uploads = world.poe.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].bytes, b"1,2,3\n");
+
+    // Nothing else reached Poe, and the channel goes on.
+    world.poe.script("echo", Scenario::text("Pong."));
+    let last = world.mention(CHANNEL, bob(), "ping");
+    world.wait_answer(CHANNEL, last, "Pong.").await;
+    assert_eq!(world.contexts().len(), 2, "{:?}", world.contexts());
+    assert!(
+        world
+            .discord
+            .bot_messages(DM)
+            .iter()
+            .all(|m| m.interaction_id.is_some())
+    );
     world.assert_clean();
 }

@@ -851,7 +851,19 @@ async fn interaction_rules_are_enforced() {
         .create_interaction_response(InteractionId::new(id), &token, &defer, Vec::new())
         .await;
     assert_eq!(again.as_ref().err().and_then(status), Some(400));
-    // A follow-up after the callback is fine.
+    // The first follow-up after a deferral answers the deferred message itself (as Discord
+    // does, keeping its visibility); the next one is a real follow-up.
+    let ephemeral = json!({"content": "first", "flags": 64, "allowed_mentions": {"parse": []}});
+    let first = http
+        .create_followup_message(&token, &ephemeral, Vec::new())
+        .await
+        .expect("follow-up");
+    let interaction = fake.interaction(id).unwrap();
+    assert_eq!(interaction.original, Some(first.id.get()));
+    assert!(interaction.followups.is_empty());
+    let original = fake.message(first.id.get()).unwrap();
+    assert_eq!(original.content, "first");
+    assert!(!original.is_ephemeral(), "the deferral was public");
     let followup = http
         .create_followup_message(&token, &edit, Vec::new())
         .await

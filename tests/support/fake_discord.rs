@@ -28,7 +28,8 @@
 //! - `message_reference` to a message that exists (unless `fail_if_not_exists` is false: then
 //!   a plain message, as Discord does); edits only of the bot's own messages;
 //! - interactions: one callback each, within the deadline (3 s, as Discord); `@original` and
-//!   follow-ups only after the callback;
+//!   follow-ups only after the callback; the first follow-up after a deferral replaces the
+//!   deferred message and keeps its visibility, as Discord does;
 //! - command registration: names and descriptions Discord would accept;
 //! - routes: anything not implemented here answers 404 and is a violation too, so a bot
 //!   calling an endpoint the fake does not know is noticed rather than silently tolerated.
@@ -81,6 +82,9 @@ pub struct FakeDiscordOptions {
     pub interaction_deadline: Duration,
     /// Echo the bot's own messages and edits over the gateway, as Discord does.
     pub echo_own_messages: bool,
+    /// Whether the application may use the Message Content intent (a switch in the Developer
+    /// Portal). Without it, an IDENTIFY asking for it is closed with 4014, as Discord does.
+    pub message_content_allowed: bool,
 }
 
 impl Default for FakeDiscordOptions {
@@ -89,6 +93,7 @@ impl Default for FakeDiscordOptions {
             heartbeat_interval: Duration::from_secs(10),
             interaction_deadline: Duration::from_secs(3),
             echo_own_messages: true,
+            message_content_allowed: true,
         }
     }
 }
@@ -1812,6 +1817,19 @@ fn followup(shared: &Shared, st: &mut St, token: &str, body: &Value, files: Vec<
     if let Some(object) = message.as_object_mut() {
         object.remove("message_reference");
     }
+    // Discord: the first follow-up after a deferral answers the deferred ("thinking…")
+    // message instead, keeping the deferral's visibility whatever the follow-up's flags say.
+    let loading = st.interactions[index].original.filter(|original| {
+        st.messages
+            .get(original)
+            .is_some_and(|message| message.flags & LOADING != 0 && !message.deleted)
+    });
+    if let Some(original) = loading {
+        if let Some(object) = message.as_object_mut() {
+            object.remove("flags");
+        }
+        return edit_message(shared, st, channel, original, &message, files);
+    }
     let created = create_message(shared, st, channel, Some(id), &message, files)?;
     if let Some(message) = created
         .body
@@ -1999,6 +2017,10 @@ fn client_frame(
             let d = &frame["d"];
             if d["token"].as_str() != Some(format!("Bot {}", shared.token).as_str()) {
                 return Answer::Close(4004, "Authentication failed.");
+            }
+            let intents = d["intents"].as_u64().unwrap_or(0);
+            if intents & MESSAGE_CONTENT != 0 && !shared.options.message_content_allowed {
+                return Answer::Close(4014, "Disallowed intent(s).");
             }
             let number = st.gateway.stats.identifies + 1;
             st.gateway.stats.identifies = number;

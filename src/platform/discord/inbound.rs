@@ -1,9 +1,10 @@
 //! Discord events in, [`Inbound`]s out: messages addressed to the bot and `/poe` commands.
 //!
-//! serenity runs every event handler in its own task, so events can overtake each other.
-//! The gateway side therefore only queues them (per channel, in the order the tasks ran) and
-//! one worker per channel translates them in that order, fetching files on the way, so a
-//! slow download cannot let the next message overtake it.
+//! serenity runs every event handler in its own task. The handlers only queue the events
+//! (per channel, in the order their tasks ran: the gateway's order, except that two events
+//! arriving in the same instant may swap), and one worker per channel translates them in that
+//! order, fetching files on the way, so a slow download cannot let the next message overtake
+//! it. A slash command is queued once it is acknowledged.
 //!
 //! Each event is handled at most once: the core drops event ids it has seen (a RESUME
 //! replays dispatches) and events from before the start; a slash command that was already
@@ -14,9 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::json;
-use serenity::all::{CommandInteraction, Message, Permissions};
+use serenity::all::{CommandInteraction, Message};
 use tokio::sync::mpsc;
 
+use super::admins::{Admins, Rights};
 use super::outbound::DiscordOutbound;
 use super::slash::{self, Request};
 use super::trigger::{self, Addressing};
@@ -56,6 +58,7 @@ pub struct Receiver {
     manager: Manager,
     out: Arc<DiscordOutbound>,
     config: DiscordConfig,
+    admins: Admins,
     bot_id: u64,
     max_attachment_bytes: u64,
     started_ms: i64,
@@ -82,6 +85,7 @@ impl Receiver {
             started_ms: manager.started_ms(),
             manager,
             out,
+            admins: Admins::from_config(&config),
             config,
             bot_id,
             downloads,
@@ -94,15 +98,6 @@ impl Receiver {
         self.channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// A configured admin of the bot: by user id, or by one of the member's roles.
-    fn is_bot_admin(&self, user: u64, roles: &[u64]) -> bool {
-        let configured = |ids: &[String], id: u64| ids.iter().any(|known| *known == id.to_string());
-        configured(&self.config.admins, user)
-            || roles
-                .iter()
-                .any(|role| configured(&self.config.admin_roles, *role))
     }
 
     /// A message from the gateway; returns at once.
@@ -135,9 +130,14 @@ impl Receiver {
             .iter()
             .map(|user| (user.id.get(), display_name(user)))
             .collect();
-        let Some((invocation, text)) =
-            trigger::classify(&message.content, self.bot_id, &people, &addressing)
-        else {
+        let has_files = !message.attachments.is_empty();
+        let Some((invocation, text)) = trigger::classify(
+            &message.content,
+            self.bot_id,
+            &people,
+            &addressing,
+            has_files,
+        ) else {
             return;
         };
         let channel = message.channel_id.get();
@@ -151,11 +151,13 @@ impl Receiver {
         );
     }
 
-    /// A `/poe` command, already acknowledged with `private` as its visibility.
+    /// A `/poe` command from someone with `rights`, already acknowledged with `private` as
+    /// its visibility.
     pub fn accept_command(
         self: &Arc<Self>,
         interaction: CommandInteraction,
         request: Request,
+        rights: Rights,
         private: bool,
     ) {
         let id = interaction.id.get();
@@ -182,24 +184,16 @@ impl Receiver {
             }
         };
         let user = &interaction.user;
-        let (roles, permissions, nick) = match &interaction.member {
-            Some(member) => (
-                member.roles.iter().map(|role| role.get()).collect(),
-                member.permissions.unwrap_or_else(Permissions::empty),
-                member.nick.clone(),
-            ),
-            None => (Vec::new(), Permissions::empty(), None),
-        };
-        let is_bot_admin = self.is_bot_admin(user.id.get(), &roles);
-        let server_admin = interaction.guild_id.is_some()
-            && (permissions.contains(Permissions::ADMINISTRATOR)
-                || permissions.contains(Permissions::MANAGE_GUILD));
+        let nick = interaction
+            .member
+            .as_ref()
+            .and_then(|member| member.nick.clone());
         let inbound = Inbound {
             channel: ChannelKey::new(PLATFORM, &interaction.channel_id.to_string()),
             user_id: user.id.to_string(),
             user_name: nick.unwrap_or_else(|| display_name(user)),
-            is_admin: is_bot_admin || server_admin,
-            is_bot_admin,
+            is_admin: rights.is_admin,
+            is_bot_admin: rights.is_bot_admin,
             is_group: interaction.guild_id.is_some(),
             invocation,
             text,
@@ -292,7 +286,8 @@ impl Receiver {
             .as_ref()
             .map(|member| member.roles.iter().map(|role| role.get()).collect())
             .unwrap_or_default();
-        let is_bot_admin = self.is_bot_admin(author.id.get(), &roles);
+        // Messages carry no permissions; server admins use the slash command.
+        let rights = self.admins.rights(author.id.get(), &roles, None);
         let name = message
             .member
             .as_ref()
@@ -315,9 +310,8 @@ impl Receiver {
             channel: ChannelKey::new(PLATFORM, &message.channel_id.to_string()),
             user_id: author.id.to_string(),
             user_name: name,
-            // Messages carry no permissions; server admins use the slash command.
-            is_admin: is_bot_admin,
-            is_bot_admin,
+            is_admin: rights.is_admin,
+            is_bot_admin: rights.is_bot_admin,
             is_group: message.guild_id.is_some(),
             invocation,
             text,

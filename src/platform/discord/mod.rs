@@ -8,6 +8,7 @@
 //!
 //! [`Inbound`]: crate::platform::Inbound
 
+pub mod admins;
 pub mod inbound;
 pub mod outbound;
 pub mod slash;
@@ -17,12 +18,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 use serenity::all::{
-    ClientBuilder, CommandDataOptionValue, CommandInteraction, Context, EventHandler,
+    ClientBuilder, CommandDataOptionValue, CommandInteraction, Context, EventHandler, GatewayError,
     GatewayIntents, GuildId, Http, HttpBuilder, HttpError, Interaction, Message, Ready,
     ResumedEvent,
 };
 use tokio::sync::{mpsc, watch};
 
+use self::admins::{Admins, Rights};
 use self::inbound::Receiver;
 use self::outbound::{DiscordOutbound, platform_error};
 use self::slash::{OptionValue, Request};
@@ -49,6 +51,25 @@ pub enum DiscordError {
     Token,
     #[error("cannot reach Discord: {0}")]
     Connect(String),
+    #[error(
+        "Discord refused the gateway intents; turn on Message Content Intent for the bot in \
+         the Developer Portal (Bot → Privileged Gateway Intents)"
+    )]
+    Intents,
+    #[error("the Discord gateway connection ended: {0}")]
+    Gateway(String),
+}
+
+impl DiscordError {
+    fn from_gateway(err: serenity::Error) -> DiscordError {
+        match err {
+            serenity::Error::Gateway(GatewayError::DisallowedGatewayIntents) => {
+                DiscordError::Intents
+            }
+            serenity::Error::Gateway(GatewayError::InvalidAuthentication) => DiscordError::Token,
+            other => DiscordError::Gateway(other.to_string()),
+        }
+    }
 }
 
 /// What the gateway side hands to the run loop. serenity runs each handler in its own task;
@@ -63,6 +84,7 @@ enum GatewayEvent {
     Command {
         interaction: Box<CommandInteraction>,
         request: Request,
+        rights: Rights,
         private: bool,
     },
     Autocomplete(Box<CommandInteraction>),
@@ -70,6 +92,8 @@ enum GatewayEvent {
 
 struct Handler {
     events: mpsc::UnboundedSender<GatewayEvent>,
+    admins: Admins,
+    allow_dms: bool,
 }
 
 #[serenity::async_trait]
@@ -92,15 +116,30 @@ impl EventHandler for Handler {
     async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
         match interaction {
             Interaction::Command(command) => {
-                let request = if command.data.name == slash::NAME {
-                    request_of(&command)
-                } else {
+                let (roles, permissions) = match &command.member {
+                    Some(member) => (
+                        member.roles.iter().map(|role| role.get()).collect(),
+                        member.permissions,
+                    ),
+                    None => (Vec::new(), None),
+                };
+                let rights = self
+                    .admins
+                    .rights(command.user.id.get(), &roles, permissions);
+                let request = if command.data.name != slash::NAME {
                     Request::Invalid(format!(
                         "`/{}` is not a command of this bot.",
                         command.data.name
                     ))
+                } else if command.guild_id.is_none() && !self.allow_dms {
+                    Request::Invalid(
+                        "This bot does not answer in direct messages; ask in a server channel."
+                            .into(),
+                    )
+                } else {
+                    request_of(&command)
                 };
-                let private = request.is_private();
+                let private = request.is_private(rights.is_admin);
                 // Discord wants an answer within 3 s: "thinking…" now, the answer later.
                 let defer = if private {
                     json!({"type": 5, "data": {"flags": 64}})
@@ -119,6 +158,7 @@ impl EventHandler for Handler {
                 let _ = self.events.send(GatewayEvent::Command {
                     interaction: Box::new(command),
                     request,
+                    rights,
                     private,
                 });
             }
@@ -206,7 +246,11 @@ impl Discord {
         tracing::info!(bot = %me.name, id = %me.id, "discord: the token works");
         let (sender, events) = mpsc::unbounded_channel();
         let client = ClientBuilder::new_with_http(http_client(config, token), intents())
-            .event_handler(Handler { events: sender })
+            .event_handler(Handler {
+                events: sender,
+                admins: Admins::from_config(config),
+                allow_dms: config.allow_dms,
+            })
             .await
             .map_err(|err| DiscordError::Connect(err.to_string()))?;
         if let Some(url) = &config.gateway_url {
@@ -228,8 +272,13 @@ impl Discord {
         self.out.clone()
     }
 
-    /// Answers Discord until `shutdown` turns true.
-    pub async fn run(self, manager: Manager, mut shutdown: watch::Receiver<bool>) {
+    /// Answers Discord until `shutdown` turns true. Returns an error when the gateway ends
+    /// for good (a revoked token, a missing intent): the daemon cannot go on deaf.
+    pub async fn run(
+        self,
+        manager: Manager,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), DiscordError> {
         let Discord {
             mut client,
             mut events,
@@ -253,11 +302,11 @@ impl Discord {
                 // Dropping the watch guard here keeps this future `Send`.
                 _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
                 ended = &mut gateway => {
-                    match ended {
-                        Ok(Err(err)) => tracing::error!(%err, "discord: the gateway connection ended; Discord is not answered until a restart"),
-                        _ => tracing::error!("discord: the gateway connection ended"),
-                    }
-                    return;
+                    return Err(match ended {
+                        Ok(Err(err)) => DiscordError::from_gateway(err),
+                        Ok(Ok(())) => DiscordError::Gateway("it closed".into()),
+                        Err(err) => DiscordError::Gateway(err.to_string()),
+                    });
                 }
                 event = events.recv() => match event {
                     None => break,
@@ -269,8 +318,8 @@ impl Discord {
                     }
                     Some(GatewayEvent::Resumed) => tracing::info!("discord: resumed the gateway session"),
                     Some(GatewayEvent::Message(message)) => receiver.accept_message(*message),
-                    Some(GatewayEvent::Command { interaction, request, private }) => {
-                        receiver.accept_command(*interaction, request, private)
+                    Some(GatewayEvent::Command { interaction, request, rights, private }) => {
+                        receiver.accept_command(*interaction, request, rights, private)
                     }
                     Some(GatewayEvent::Autocomplete(interaction)) => {
                         let receiver = receiver.clone();
@@ -281,6 +330,7 @@ impl Discord {
         }
         shards.shutdown_all().await;
         tracing::info!("discord: disconnected");
+        Ok(())
     }
 }
 

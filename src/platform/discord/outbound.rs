@@ -32,6 +32,15 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Interaction tokens expire after 15 minutes.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
+/// How long an answered interaction is remembered after its token expired, so a late private
+/// answer is refused rather than posted in the channel.
+const REMEMBERED: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What replaces a public "thinking…" just before it is deleted for a private answer (Discord
+/// turns the first follow-up after a deferral into the deferred message itself, keeping its
+/// visibility, so the deferred message must be answered first).
+const SENT_PRIVATELY: &str = "(answered privately)";
+
 /// Largest file the bot posts from a model's answer (Discord's default upload limit).
 const MAX_FILE_BYTES: usize = 10 * 1024 * 1024;
 
@@ -45,6 +54,12 @@ struct PendingInteraction {
     /// The acknowledgement's message, once the answer has replaced it.
     original: Option<u64>,
     since: Instant,
+}
+
+impl PendingInteraction {
+    fn live_token(&self) -> Option<&str> {
+        (self.since.elapsed() < TOKEN_LIFETIME).then_some(self.token.as_str())
+    }
 }
 
 /// Sends through one bot's REST client.
@@ -83,7 +98,7 @@ impl DiscordOutbound {
     /// A slash command was acknowledged: its answers go through its token from now on.
     pub fn remember_interaction(&self, id: u64, token: String, ephemeral: bool) {
         let mut pending = self.pending();
-        pending.retain(|_, interaction| interaction.since.elapsed() < TOKEN_LIFETIME);
+        pending.retain(|_, interaction| interaction.since.elapsed() < REMEMBERED);
         pending.insert(
             id,
             PendingInteraction {
@@ -97,7 +112,10 @@ impl DiscordOutbound {
 
     /// Removes the "thinking…" of an interaction the core decided not to answer.
     pub async fn abandon_interaction(&self, id: u64) {
-        let token = self.pending().remove(&id).map(|pending| pending.token);
+        let token = self
+            .pending()
+            .remove(&id)
+            .and_then(|pending| pending.live_token().map(str::to_owned));
         if let Some(token) = token {
             let _ = self.http.delete_original_interaction_response(&token).await;
         }
@@ -106,7 +124,7 @@ impl DiscordOutbound {
     fn token(&self, interaction: u64) -> Result<String, PlatformError> {
         self.pending()
             .get(&interaction)
-            .map(|pending| pending.token.clone())
+            .and_then(|pending| pending.live_token().map(str::to_owned))
             .ok_or_else(|| PlatformError::Failed {
                 detail: "the slash command's answer can no longer be edited (its token expired or the bot restarted)".into(),
             })
@@ -117,7 +135,7 @@ impl DiscordOutbound {
         interaction: u64,
         message: &OutMessage,
     ) -> Result<MessageId, PlatformError> {
-        let (token, replace_original, ephemeral) = {
+        let (token, answered, ephemeral) = {
             let pending = self.pending();
             let Some(state) = pending.get(&interaction) else {
                 return Err(PlatformError::Failed {
@@ -125,30 +143,46 @@ impl DiscordOutbound {
                 });
             };
             (
-                state.token.clone(),
-                state.original.is_none() && !message.continuation,
+                state.live_token().map(str::to_owned),
+                state.original.is_some(),
                 state.ephemeral,
             )
         };
+        let Some(token) = token else {
+            return Err(PlatformError::Failed {
+                detail: "the slash command expired before its answer was ready".into(),
+            });
+        };
         let mut body = json!({"content": message.text, "allowed_mentions": no_mentions()});
-        let sent = if replace_original && (ephemeral || !message.private) {
+        let private = message.private || ephemeral;
+        let sent = if !answered && private == ephemeral {
             self.http
                 .edit_original_interaction_response(&token, &body, Vec::new())
                 .await
-        } else {
-            // A private answer to a public acknowledgement: send it privately, then take the
-            // public "thinking…" away.
-            if message.private {
-                body["flags"] = json!(EPHEMERAL);
-            }
+        } else if !answered {
+            // A private answer to a public "thinking…": answer the deferral (else Discord
+            // would make the follow-up public in its place), post privately, then delete.
+            let neutral = json!({"content": SENT_PRIVATELY, "allowed_mentions": no_mentions()});
+            self.http
+                .edit_original_interaction_response(&token, &neutral, Vec::new())
+                .await
+                .map_err(platform_error)?;
+            body["flags"] = json!(EPHEMERAL);
             let sent = self
                 .http
                 .create_followup_message(&token, &body, Vec::new())
                 .await;
-            if replace_original && sent.is_ok() {
+            if sent.is_ok() {
                 let _ = self.http.delete_original_interaction_response(&token).await;
             }
             sent
+        } else {
+            if private {
+                body["flags"] = json!(EPHEMERAL);
+            }
+            self.http
+                .create_followup_message(&token, &body, Vec::new())
+                .await
         }
         .map_err(platform_error)?;
         if let Some(state) = self.pending().get_mut(&interaction) {
@@ -268,7 +302,14 @@ impl Outbound for DiscordOutbound {
             .as_deref()
             .and_then(|id| snowflake(id, "message").ok());
         if let Some(interaction) = reply_to.filter(|id| self.pending().contains_key(id)) {
-            return self.answer_interaction(interaction, &message).await;
+            // An expired interaction's private answer must not fall back to the channel.
+            let live = self
+                .pending()
+                .get(&interaction)
+                .is_some_and(|state| state.live_token().is_some());
+            if live || message.private {
+                return self.answer_interaction(interaction, &message).await;
+            }
         }
         let channel_id = snowflake(&channel.channel, "channel")?;
         let mut body = json!({"content": message.text, "allowed_mentions": no_mentions()});
@@ -348,10 +389,18 @@ impl Outbound for DiscordOutbound {
         let attachment = CreateAttachment::bytes(data, file.name.clone());
         let reply_to = reply_to.and_then(|id| snowflake(id, "message").ok());
         let mut body = json!({"allowed_mentions": no_mentions()});
-        let interaction = reply_to.filter(|id| self.pending().contains_key(id));
+        let interaction = reply_to.and_then(|id| {
+            let pending = self.pending();
+            let state = pending.get(&id)?;
+            state.live_token()?;
+            Some((id, state.ephemeral))
+        });
         let sent = match interaction {
-            Some(interaction) => {
+            Some((interaction, ephemeral)) => {
                 let token = self.token(interaction)?;
+                if ephemeral {
+                    body["flags"] = json!(EPHEMERAL);
+                }
                 let sent = self
                     .http
                     .create_followup_message(&token, &body, vec![attachment])

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::core::commands::{self, Command};
+use crate::core::commands::{self, Command, PromptChange};
 
 /// The command's name on Discord.
 pub const NAME: &str = "poe";
@@ -92,21 +92,25 @@ pub enum Request {
 
 impl Request {
     /// Whether the answer is only for the caller. Decided before the answer exists, because
-    /// the first acknowledgement (within Discord's 3 s) fixes it.
-    pub fn is_private(&self) -> bool {
+    /// the first acknowledgement (within Discord's 3 s) fixes it; `is_admin` tells which
+    /// changes will be refused (refusals are private).
+    pub fn is_private(&self, is_admin: bool) -> bool {
         match self {
             Request::Ask(_) => false,
             Request::Invalid(_) => true,
             // As the core answers them: help (also for what does not parse), the caller's
-            // usage, the account's balance and budgets are private.
-            Request::Command(text) => matches!(
-                commands::parse(text),
+            // usage, the account's balance, budgets and refusals are private.
+            Request::Command(text) => match commands::parse(text) {
                 Err(_)
-                    | Ok(Command::Help
-                        | Command::Usage
-                        | Command::Balance
-                        | Command::Budget { .. })
-            ),
+                | Ok(Command::Help | Command::Usage | Command::Balance | Command::Budget { .. }) => {
+                    true
+                }
+                Ok(Command::Model { name, parameters }) => {
+                    !is_admin && (name.is_some() || !parameters.is_empty())
+                }
+                Ok(Command::Prompt(change)) => !is_admin && change != PromptChange::Show,
+                Ok(Command::Models { .. } | Command::Reset) => false,
+            },
         }
     }
 }
@@ -267,19 +271,32 @@ mod tests {
     fn privacy_is_known_before_the_answer() {
         for (request, private) in [
             (Request::Ask("q".into()), false),
+            (Request::Command("model".into()), false),
+            (Request::Command("model x".into()), true),
+            (Request::Command("model thinking_budget=5".into()), true),
+            (Request::Command("prompt".into()), false),
+            (Request::Command("prompt Be brief.".into()), true),
+            (Request::Command("prompt clear".into()), true),
             (Request::Command("balance".into()), true),
             (Request::Command("usage".into()), true),
             (Request::Command("budget 7 5".into()), true),
             (Request::Command("help".into()), true),
             (Request::Command("models".into()), false),
-            (Request::Command("model x".into()), false),
             (Request::Command("reset".into()), false),
             (Request::Command("dance".into()), true),
             (Request::Command("budget 7 lots".into()), true),
             (Request::Invalid("no".into()), true),
         ] {
-            assert_eq!(request.is_private(), private, "{request:?}");
+            assert_eq!(request.is_private(false), private, "{request:?}");
         }
+        // Admins' changes are announced to the channel.
+        for change in ["model x", "prompt Be brief.", "prompt clear"] {
+            assert!(
+                !Request::Command(change.into()).is_private(true),
+                "{change}"
+            );
+        }
+        assert!(Request::Command("balance".into()).is_private(true));
     }
 
     #[test]

@@ -19,18 +19,19 @@ pub struct Addressing {
 }
 
 /// Decides what `content` asks of the bot, if anything. `people` are the other users the
-/// message mentions, as (id, display name).
+/// message mentions, as (id, display name); `has_files` says whether files come with it.
 pub fn classify(
     content: &str,
     bot_id: u64,
     people: &[(u64, String)],
     addressing: &Addressing,
+    has_files: bool,
 ) -> Option<(Invocation, String)> {
     if !(addressing.mentions_bot || addressing.replies_to_bot || addressing.is_direct) {
         return None;
     }
     let question = rewrite_mentions(content, bot_id, people);
-    if question.is_empty() {
+    if question.is_empty() && !has_files {
         // A bare mention: show what the bot can do rather than sending Poe nothing.
         return Some((Invocation::Command, "help".into()));
     }
@@ -41,7 +42,8 @@ pub fn classify(
 /// users' mentions into `@name`. Everything else, indentation included, stays as typed.
 fn rewrite_mentions(content: &str, bot_id: u64, people: &[(u64, String)]) -> String {
     let mut out = String::with_capacity(content.len());
-    let mut rest = content;
+    let mut rest = content.trim_start();
+    let mut led_by_bot = false;
     while let Some(start) = rest.find("<@") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
@@ -56,6 +58,7 @@ fn rewrite_mentions(content: &str, bot_id: u64, people: &[(u64, String)]) -> Str
             (Some(id), true) => {
                 rest = &after[end + 1..];
                 if id == bot_id {
+                    led_by_bot |= out.is_empty();
                     // Where the bot's mention stood, keep one space, not two.
                     if out.ends_with(' ') && rest.starts_with(' ') {
                         rest = &rest[1..];
@@ -77,10 +80,12 @@ fn rewrite_mentions(content: &str, bot_id: u64, people: &[(u64, String)]) -> Str
         }
     }
     out.push_str(rest);
-    out.trim()
-        .trim_start_matches([',', ':'])
-        .trim_start()
-        .to_owned()
+    let out = out.trim();
+    if led_by_bot {
+        // "@bot, question" and "@bot: question".
+        return out.trim_start_matches([',', ':']).trim_start().to_owned();
+    }
+    out.to_owned()
 }
 
 #[cfg(test)]
@@ -99,11 +104,11 @@ mod tests {
     #[test]
     fn only_messages_for_the_bot() {
         assert_eq!(
-            classify("hello all", BOT, &[], &Addressing::default()),
+            classify("hello all", BOT, &[], &Addressing::default(), false),
             None
         );
         assert_eq!(
-            classify("<@42> what is rust?", BOT, &[], &mentioned()),
+            classify("<@42> what is rust?", BOT, &[], &mentioned(), false),
             Some((Invocation::Message, "what is rust?".into()))
         );
         let reply = Addressing {
@@ -111,7 +116,7 @@ mod tests {
             ..Addressing::default()
         };
         assert_eq!(
-            classify("and in Go?", BOT, &[], &reply),
+            classify("and in Go?", BOT, &[], &reply, false),
             Some((Invocation::Message, "and in Go?".into()))
         );
         let direct = Addressing {
@@ -119,7 +124,7 @@ mod tests {
             ..Addressing::default()
         };
         assert_eq!(
-            classify("hi", BOT, &[], &direct),
+            classify("hi", BOT, &[], &direct, false),
             Some((Invocation::Message, "hi".into()))
         );
     }
@@ -136,7 +141,7 @@ mod tests {
             ("<@42> fix:\n    fn main() {}", "fix:\n    fn main() {}"),
         ] {
             assert_eq!(
-                classify(content, BOT, &[], &mentioned()),
+                classify(content, BOT, &[], &mentioned(), false),
                 Some((Invocation::Message, question.into())),
                 "{content:?}"
             );
@@ -144,9 +149,29 @@ mod tests {
     }
 
     #[test]
+    fn files_without_text_are_a_question_and_only_a_leading_mention_takes_punctuation() {
+        assert_eq!(
+            classify("<@42>", BOT, &[], &mentioned(), true),
+            Some((Invocation::Message, String::new()))
+        );
+        let direct = Addressing {
+            is_direct: true,
+            ..Addressing::default()
+        };
+        assert_eq!(
+            classify(":) hi", BOT, &[], &direct, false),
+            Some((Invocation::Message, ":) hi".into()))
+        );
+        assert_eq!(
+            classify("so, <@42>: hi", BOT, &[], &mentioned(), false),
+            Some((Invocation::Message, "so, : hi".into()))
+        );
+    }
+
+    #[test]
     fn a_bare_mention_gets_help() {
         assert_eq!(
-            classify("  <@42>  ", BOT, &[], &mentioned()),
+            classify("  <@42>  ", BOT, &[], &mentioned(), false),
             Some((Invocation::Command, "help".into()))
         );
     }
@@ -155,19 +180,31 @@ mod tests {
     fn other_people_become_names_and_garbage_stays_as_typed() {
         let people = [(7, "alice".to_owned())];
         assert_eq!(
-            classify("<@42> say hi to <@!7> and <@9>", BOT, &people, &mentioned()),
+            classify(
+                "<@42> say hi to <@!7> and <@9>",
+                BOT,
+                &people,
+                &mentioned(),
+                false
+            ),
             Some((Invocation::Message, "say hi to @alice and <@9>".into()))
         );
         for garbage in ["<@", "<@>", "<@!x>", "<@123", "a <@<@42>"] {
-            let got = classify(garbage, BOT, &[], &mentioned());
+            let got = classify(garbage, BOT, &[], &mentioned(), false);
             assert!(got.is_some(), "{garbage:?}");
         }
         assert_eq!(
-            classify("a <@<@42>", BOT, &[], &mentioned()),
+            classify("a <@<@42>", BOT, &[], &mentioned(), false),
             Some((Invocation::Message, "a <@".into()))
         );
         assert_eq!(
-            classify("<@99999999999999999999999> hi", BOT, &[], &mentioned()),
+            classify(
+                "<@99999999999999999999999> hi",
+                BOT,
+                &[],
+                &mentioned(),
+                false
+            ),
             Some((Invocation::Message, "<@99999999999999999999999> hi".into()))
         );
     }
