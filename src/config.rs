@@ -32,6 +32,36 @@ pub struct Config {
     pub matrix: MatrixConfig,
     #[serde(default)]
     pub discord: DiscordConfig,
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// How the daemon runs as a service: stopping, and the operator's HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// On SIGTERM, replies in flight get this long to finish before they are interrupted.
+    pub shutdown_grace_secs: u64,
+    /// Serve `/healthz`, `/readyz` and `/metrics`.
+    pub http_enabled: bool,
+    /// Where (address and port) the HTTP endpoint listens.
+    pub http_listen: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_grace_secs: 15,
+            http_enabled: false,
+            http_listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl ServiceConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
 }
 
 /// How conversations behave.
@@ -581,6 +611,23 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.service.shutdown_grace_secs > 3600 {
+            problem(
+                "service.shutdown_grace_secs",
+                "must be at most 3600 (one hour)",
+            );
+        }
+        if self
+            .service
+            .http_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            problem(
+                "service.http_listen",
+                "must be an address and port, like `127.0.0.1:9464`",
+            );
         }
         let discord = &self.discord;
         for (key, ids) in [

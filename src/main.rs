@@ -19,6 +19,7 @@ use poe_relay::platform::discord::{self, Discord};
 use poe_relay::platform::matrix::{self, Matrix, session::Credentials};
 use poe_relay::poe::{ModelInfo, PoeClient};
 use poe_relay::secret::{self, ProcessEnv};
+use poe_relay::service::health::Health;
 use poe_relay::store::Store;
 
 /// Where the configuration is looked for when `--config` is not given.
@@ -177,6 +178,23 @@ async fn run(config: Config) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let (stop, shutdown) = watch::channel(false);
+    let health = Arc::new(Health::default());
+    if config.service.http_enabled {
+        let addr = poe_relay::service::http::serve(
+            &config.service.http_listen,
+            health.clone(),
+            manager.services().metrics.clone(),
+            store.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on service.http_listen = {}",
+                config.service.http_listen
+            )
+        })?;
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    }
 
     let mut platforms: HashMap<String, Arc<dyn Outbound>> = HashMap::new();
     let mut matrix = None;
@@ -189,7 +207,7 @@ async fn run(config: Config) -> Result<()> {
         )
         .await?;
         platforms.insert(matrix::PLATFORM.into(), connected.outbound());
-        matrix = Some(connected);
+        matrix = Some((connected, health.register(matrix::PLATFORM)));
     }
     let mut discord = None;
     if config.discord.enabled {
@@ -201,7 +219,7 @@ async fn run(config: Config) -> Result<()> {
         )
         .await?;
         platforms.insert(discord::PLATFORM.into(), connected.outbound());
-        discord = Some(connected);
+        discord = Some((connected, health.register(discord::PLATFORM)));
     }
     if platforms.is_empty() {
         tracing::warn!(
@@ -214,16 +232,16 @@ async fn run(config: Config) -> Result<()> {
     }
     // Each platform runs until the shutdown signal; one that ends before it has failed.
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
-    if let Some(connected) = matrix {
+    if let Some((connected, status)) = matrix {
         let (manager, shutdown) = (manager.clone(), shutdown.clone());
         tasks.spawn(async move {
-            connected.run(manager, shutdown).await;
+            connected.run(manager, shutdown, status).await;
             Ok(())
         });
     }
-    if let Some(connected) = discord {
+    if let Some((connected, status)) = discord {
         let (manager, shutdown) = (manager.clone(), shutdown.clone());
-        tasks.spawn(async move { Ok(connected.run(manager, shutdown).await?) });
+        tasks.spawn(async move { Ok(connected.run(manager, shutdown, status).await?) });
     }
     tracing::info!(
         base_url = %config.poe.base_url,
@@ -239,11 +257,27 @@ async fn run(config: Config) -> Result<()> {
             Err(err) => anyhow::anyhow!("a chat platform failed: {err}"),
         }),
     };
+    let grace = config.service.shutdown_grace();
     match &failure {
         Some(err) => tracing::error!("stopping: {err:#}"),
-        None => tracing::info!("shutting down"),
+        None => tracing::info!(
+            grace_secs = grace.as_secs(),
+            "stopping: no new questions; replies in flight may finish (a second signal exits at once)"
+        ),
     }
+    health.set_stopping();
+    // The platforms stop listening; their sending side stays up for the replies in flight.
     let _ = stop.send(true);
+    let report = tokio::select! {
+        report = manager.shutdown(grace) => report,
+        _ = terminate.recv() => exit_now(),
+        _ = interrupt.recv() => exit_now(),
+    };
+    tracing::info!(
+        in_flight = report.in_flight,
+        interrupted = report.interrupted,
+        "replies in flight are done"
+    );
     let stopped = tokio::time::timeout(Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
     })
@@ -252,7 +286,15 @@ async fn run(config: Config) -> Result<()> {
         tracing::warn!("a platform did not stop within 5 s");
     }
     store.flush().await?;
+    tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// A second signal: leave now. sled's log is crash-safe, so the store stays whole; replies in
+/// flight are closed by the next start's recovery.
+fn exit_now() -> ! {
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(130)
 }
 
 /// The Matrix login secret for a first start; a saved session needs none.

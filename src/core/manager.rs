@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::budget::{Budgets, Spender};
 use super::catalog::Catalog;
@@ -21,6 +21,7 @@ use super::reconcile;
 use super::render::split::split;
 use super::render::stream::{ChannelPacer, Ending, Renderer, Target};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::platform::{ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound};
 use crate::poe::{ChatMessage, ChatRequest, InputFile, PoeClient, PoeError, PoeEvent, Role, Usage};
 use crate::store::{ChannelSettings, InflightReply, Store, Turn, TurnRole};
@@ -39,6 +40,7 @@ pub struct Services {
     pub budgets: Budgets,
     pub catalog: Catalog,
     pub config: Config,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Services {
@@ -49,6 +51,7 @@ impl Services {
             poe,
             store,
             config,
+            metrics: Arc::default(),
         }
     }
 
@@ -78,7 +81,29 @@ pub enum Disposition {
     Duplicate,
     /// From before the bot started: never replayed.
     TooOld,
+    /// The daemon is stopping and takes no new work.
+    ShuttingDown,
 }
+
+/// What a graceful stop did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Replies that were running when the stop began.
+    pub in_flight: usize,
+    /// Of those, the ones still running at the deadline, ended with a note.
+    pub interrupted: usize,
+}
+
+/// Work the manager holds: replies running, and turns waiting in a channel's queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Busy {
+    running: usize,
+    queued: usize,
+}
+
+/// The note that ends a reply cut short by a stop.
+const STOPPING_NOTICE: &str =
+    "⚠️ Interrupted: the bot is restarting. Ask again in a minute to get a full answer.";
 
 struct Job {
     inbound: Inbound,
@@ -97,6 +122,11 @@ struct Inner {
     queues: Mutex<HashMap<ChannelKey, mpsc::UnboundedSender<Job>>>,
     pacers: Mutex<HashMap<ChannelKey, Arc<ChannelPacer>>>,
     permits: Arc<Semaphore>,
+    /// Set when a stop begins: no new work is taken.
+    draining: std::sync::atomic::AtomicBool,
+    /// Set at the stop's deadline: running replies end now.
+    interrupt: watch::Sender<bool>,
+    busy: watch::Sender<Busy>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +145,9 @@ impl Manager {
                 queues: Mutex::new(HashMap::new()),
                 pacers: Mutex::new(HashMap::new()),
                 permits,
+                draining: std::sync::atomic::AtomicBool::new(false),
+                interrupt: watch::channel(false).0,
+                busy: watch::channel(Busy::default()).0,
             }),
         }
     }
@@ -128,9 +161,61 @@ impl Manager {
         &self.inner.services
     }
 
+    fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn update_busy(&self, change: impl FnOnce(&mut Busy)) {
+        let metrics = &self.inner.services.metrics;
+        self.inner.busy.send_modify(|busy| {
+            change(busy);
+            metrics.set_active_conversations(busy.running);
+            metrics.set_queue_depth(busy.queued);
+        });
+    }
+
+    /// Stops taking work, lets running replies finish for up to `grace`, then ends the
+    /// rest with a note (their reservations released). Turns still queued get a note that
+    /// the bot is restarting. Returns once nothing is running.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut busy = self.inner.busy.subscribe();
+        let in_flight = busy.borrow().running;
+        let idle = |busy: &Busy| busy.running == 0 && busy.queued == 0;
+        let finished = tokio::time::timeout(grace, async {
+            drop(busy.wait_for(idle).await);
+        })
+        .await
+        .is_ok();
+        let mut interrupted = 0;
+        if !finished {
+            interrupted = busy.borrow().running;
+            self.inner.interrupt.send_replace(true);
+            // Each interrupted reply makes its final edit, paced like any other.
+            let ended = tokio::time::timeout(Duration::from_secs(30), async {
+                drop(busy.wait_for(idle).await);
+            })
+            .await;
+            if ended.is_err() {
+                tracing::warn!("replies did not end within 30 s of the interruption");
+            }
+        }
+        ShutdownReport {
+            in_flight,
+            interrupted,
+        }
+    }
+
     /// Takes one platform event.
     pub async fn handle(&self, inbound: Inbound, out: Arc<dyn Outbound>) -> Disposition {
         let services = &self.inner.services;
+        if self.is_draining() {
+            return Disposition::ShuttingDown;
+        }
         if inbound.timestamp_ms < self.inner.started_ms {
             return Disposition::TooOld;
         }
@@ -167,6 +252,7 @@ impl Manager {
     }
 
     fn enqueue(&self, inbound: Inbound, out: Arc<dyn Outbound>) {
+        self.update_busy(|busy| busy.queued += 1);
         let mut queues = locked(&self.inner.queues);
         let job = Job { inbound, out };
         let job = match queues.get(&job.inbound.channel) {
@@ -180,7 +266,27 @@ impl Manager {
         let manager = self.clone();
         tokio::spawn(async move {
             while let Some(job) = receiver.recv().await {
+                if manager.is_draining() {
+                    // Not started, and there is no time to: say so rather than go quiet.
+                    if job.inbound.invocation == Invocation::Message {
+                        manager
+                            .post(
+                                &job.out,
+                                &job.inbound,
+                                "The bot is restarting and did not get to this. Ask again in a minute.".into(),
+                                false,
+                            )
+                            .await;
+                    }
+                    manager.update_busy(|busy| busy.queued -= 1);
+                    continue;
+                }
+                manager.update_busy(|busy| {
+                    busy.queued -= 1;
+                    busy.running += 1;
+                });
                 manager.run_job(job).await;
+                manager.update_busy(|busy| busy.running -= 1);
             }
         });
         let channel = job.inbound.channel.clone();
@@ -331,6 +437,8 @@ impl Manager {
                 return;
             }
         };
+        let metrics = &services.metrics;
+        metrics.points("reserved", &model, reservation.points);
 
         let user_turn = Turn {
             seq: 0,
@@ -394,8 +502,22 @@ impl Manager {
         let mut usage: Option<Usage> = None;
         let mut files: Vec<OutFile> = Vec::new();
         let mut failure: Option<PoeError> = None;
+        let mut interrupted = false;
+        let mut interrupt = self.inner.interrupt.subscribe();
+        let asked = tokio::time::Instant::now();
+        let mut first_text = None;
         let mut stream = services.poe.stream(request);
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = async { drop(interrupt.wait_for(|now| *now).await) } => {
+                    interrupted = true;
+                    break;
+                }
+            };
+            let Some(item) = item else {
+                break;
+            };
             let piece = match item {
                 Ok(PoeEvent::Text(text)) => text,
                 Ok(PoeEvent::Replace(text)) => {
@@ -425,6 +547,9 @@ impl Manager {
                     break;
                 }
             };
+            if first_text.is_none() && !piece.is_empty() {
+                first_text = Some(asked.elapsed());
+            }
             answer.push_str(&piece);
             if placeholder.is_some() || answer.len() == piece.len() {
                 renderer.replace(&answer);
@@ -436,6 +561,9 @@ impl Manager {
             renderer.replace("");
         }
         let ending = match (&failure, answer.is_empty()) {
+            _ if interrupted => Ending::Failed {
+                notice: STOPPING_NOTICE.into(),
+            },
             (Some(err), _) => Ending::Failed {
                 notice: err.user_message(),
             },
@@ -465,8 +593,10 @@ impl Manager {
                 tracing::error!(%err, "cannot record the answer");
             }
         }
-        let settled = if answer.is_empty() && failure.is_some() {
-            // Nothing was produced: Poe does not charge refused or failed requests.
+        let settled = if interrupted || (answer.is_empty() && failure.is_some()) {
+            // Nothing was produced (Poe does not charge refused or failed requests), or the
+            // reply was cut short by a stop: give the reservation back; reconciliation brings
+            // in whatever Poe charged.
             services
                 .budgets
                 .release(reservation.ledger_id, now_ms())
@@ -495,13 +625,30 @@ impl Manager {
             tracing::error!(%err, "cannot flush the store");
         }
         let outcome = match &failure {
-            None => "ok".to_owned(),
-            Some(err) => format!("{err:?}")
-                .split([' ', '{', '('])
-                .next()
-                .unwrap_or("error")
-                .to_owned(),
+            _ if interrupted => "interrupted",
+            None if answer.is_empty() => "empty",
+            None => "ok",
+            Some(err) => err.kind(),
         };
+        let platform = channel.platform.as_str();
+        let completion_tokens = usage
+            .as_ref()
+            .and_then(|usage| usage.completion_tokens)
+            .unwrap_or(answer.chars().count() as u64 / 4);
+        metrics.request(&model, outcome);
+        metrics.tokens_streamed(&model, completion_tokens);
+        if let Some(elapsed) = first_text {
+            metrics.time_to_first_token(&model, elapsed);
+        }
+        metrics.reply_duration(&model, asked.elapsed());
+        metrics.edits(platform, report.edits);
+        metrics.platform_rate_limited(platform, report.rate_limited);
+        for cause in stream.retry_causes() {
+            metrics.poe_retry(cause);
+        }
+        if let Ok(points) = settled {
+            metrics.points("settled", &model, points);
+        }
         tracing::info!(
             channel = %channel,
             user = %spender.key,
@@ -509,7 +656,7 @@ impl Manager {
             transport = ?stream.transport(),
             attempts = stream.attempts(),
             answer_chars = answer.chars().count(),
-            completion_tokens = usage.as_ref().and_then(|usage| usage.completion_tokens),
+            tokens = completion_tokens,
             points_reserved = reservation.points,
             points_settled = settled.unwrap_or(-1),
             messages = report.messages.len(),
@@ -647,6 +794,9 @@ impl Manager {
         .await
         {
             Ok(report) if report.requests_reconciled > 0 => {
+                for (model, points) in &report.by_model {
+                    services.metrics.points("reconciled", model, *points);
+                }
                 tracing::info!(
                     requests = report.requests_reconciled,
                     poe_entries = report.poe_entries_used,

@@ -27,6 +27,8 @@ pub struct ReconcileReport {
     pub requests_reconciled: usize,
     pub poe_entries_used: usize,
     pub points: i64,
+    /// The same points by model (for metrics).
+    pub by_model: std::collections::BTreeMap<String, i64>,
 }
 
 /// Poe keeps 30 days of history; older requests are never reconciled.
@@ -174,6 +176,7 @@ pub async fn reconcile_once(
             .collect();
         for (&i, points) in requests.iter().zip(share(total, &weights)) {
             store.update_ledger(ours[i].id, |entry| entry.reconciled = Some(points))?;
+            *report.by_model.entry(ours[i].model.clone()).or_default() += points;
         }
         report.requests_reconciled += requests.len();
         report.poe_entries_used += used;

@@ -108,6 +108,23 @@ impl PoeError {
         }
     }
 
+    /// A short stable name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoeError::InvalidKey { .. } => "invalid_key",
+            PoeError::OutOfPoints => "out_of_points",
+            PoeError::RateLimited { .. } => "rate_limited",
+            PoeError::BadRequest { .. } => "bad_request",
+            PoeError::Refused { .. } => "refused",
+            PoeError::ModelNotFound { .. } => "model_not_found",
+            PoeError::RequestTooLarge { .. } => "request_too_large",
+            PoeError::Unavailable { .. } => "unavailable",
+            PoeError::ModelError { .. } => "model_error",
+            PoeError::Timeout { .. } => "timeout",
+            PoeError::Protocol { .. } => "protocol",
+        }
+    }
+
     /// Whether sending the same request again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -39,6 +39,7 @@ pub struct ReplyStream {
     output_seen: bool,
     answer_bytes: usize,
     finished: bool,
+    retry_causes: Vec<&'static str>,
 }
 
 struct LiveResponse {
@@ -73,7 +74,13 @@ impl ReplyStream {
             output_seen: false,
             answer_bytes: 0,
             finished: false,
+            retry_causes: Vec::new(),
         }
+    }
+
+    /// Why the request was retried, one [`PoeError::kind`] per retry.
+    pub fn retry_causes(&self) -> &[&'static str] {
+        &self.retry_causes
     }
 
     /// The transport this answer travels on.
@@ -115,6 +122,7 @@ impl ReplyStream {
                     error = %error,
                     "Poe request failed; retrying"
                 );
+                self.retry_causes.push(error.kind());
                 tokio::time::sleep(delay).await;
                 continue;
             }

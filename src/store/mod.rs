@@ -140,6 +140,12 @@ impl Store {
         self.flusher.flush(&self.db).await
     }
 
+    /// Whether the store answers a read (for readiness checks).
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.meta.get("schema_version")?;
+        Ok(())
+    }
+
     /// A fresh unique, increasing id.
     pub fn next_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)

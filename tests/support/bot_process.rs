@@ -76,6 +76,15 @@ impl BotProcess {
         }
     }
 
+    /// Sends `signal` (e.g. "TERM") and returns at once.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the bot is running");
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+    }
+
     /// Sends `signal` (e.g. "KILL", "TERM") and waits for the process to end.
     pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the bot is running");

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub mod bot_process;
+pub mod discord_world;
 pub mod fake_discord;
 pub mod matrix_human;
 pub mod synapse;

@@ -272,7 +272,10 @@ impl Receiver {
         if disposition == Disposition::Duplicate {
             tracing::debug!(%event, "discord: an event delivered again was dropped");
         }
-        if let (Disposition::Duplicate | Disposition::TooOld, Some(id)) = (disposition, interaction)
+        if let (
+            Disposition::Duplicate | Disposition::TooOld | Disposition::ShuttingDown,
+            Some(id),
+        ) = (disposition, interaction)
         {
             // Nothing will answer it: take the "thinking…" away.
             self.out.abandon_interaction(id).await;

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 use serenity::all::{
-    ClientBuilder, CommandDataOptionValue, CommandInteraction, Context, EventHandler, GatewayError,
-    GatewayIntents, GuildId, Http, HttpBuilder, HttpError, Interaction, Message, Ready,
-    ResumedEvent,
+    ClientBuilder, CommandDataOptionValue, CommandInteraction, ConnectionStage, Context,
+    EventHandler, GatewayError, GatewayIntents, GuildId, Http, HttpBuilder, HttpError, Interaction,
+    Message, Ready, ResumedEvent, ShardStageUpdateEvent,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -31,6 +31,7 @@ use self::slash::{OptionValue, Request};
 use crate::config::DiscordConfig;
 use crate::core::manager::Manager;
 use crate::secret::Secret;
+use crate::service::health::PlatformStatus;
 
 pub use self::inbound::PLATFORM;
 
@@ -80,6 +81,8 @@ enum GatewayEvent {
         guilds: usize,
     },
     Resumed,
+    /// The shard's connection came up or went down.
+    Connected(bool),
     Message(Box<Message>),
     Command {
         interaction: Box<CommandInteraction>,
@@ -107,6 +110,12 @@ impl EventHandler for Handler {
 
     async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
         let _ = self.events.send(GatewayEvent::Resumed);
+    }
+
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        let _ = self.events.send(GatewayEvent::Connected(
+            event.new == ConnectionStage::Connected,
+        ));
     }
 
     async fn message(&self, _ctx: Context, message: Message) {
@@ -278,6 +287,7 @@ impl Discord {
         self,
         manager: Manager,
         mut shutdown: watch::Receiver<bool>,
+        status: PlatformStatus,
     ) -> Result<(), DiscordError> {
         let Discord {
             mut client,
@@ -311,12 +321,17 @@ impl Discord {
                 event = events.recv() => match event {
                     None => break,
                     Some(GatewayEvent::Ready { name, guilds }) => {
+                        status.set_connected(true);
                         tracing::info!(bot = %name, guilds, "discord: connected");
                         if !registered {
                             registered = register_commands(out.http(), &config).await;
                         }
                     }
-                    Some(GatewayEvent::Resumed) => tracing::info!("discord: resumed the gateway session"),
+                    Some(GatewayEvent::Resumed) => {
+                        status.set_connected(true);
+                        tracing::info!("discord: resumed the gateway session");
+                    }
+                    Some(GatewayEvent::Connected(connected)) => status.set_connected(connected),
                     Some(GatewayEvent::Message(message)) => receiver.accept_message(*message),
                     Some(GatewayEvent::Command { interaction, request, rights, private }) => {
                         receiver.accept_command(*interaction, request, rights, private)

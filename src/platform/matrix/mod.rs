@@ -33,6 +33,7 @@ use self::trigger::BotNames;
 use crate::config::MatrixConfig;
 use crate::core::manager::Manager;
 use crate::secret::Secret;
+use crate::service::health::PlatformStatus;
 
 pub use self::inbound::PLATFORM;
 
@@ -112,7 +113,12 @@ impl Matrix {
     /// start-up is missed; what was sent before the manager started is dropped by its
     /// timestamp (the first sync after a fresh login returns recent history, and after a
     /// restart what was said while the bot was away).
-    pub async fn run(self, manager: Manager, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        manager: Manager,
+        mut shutdown: watch::Receiver<bool>,
+        status: PlatformStatus,
+    ) {
         let client = self.client;
         let Some(user_id) = client.user_id().map(ToOwned::to_owned) else {
             tracing::error!("matrix: the client has no user id after login; not syncing");
@@ -171,6 +177,7 @@ impl Matrix {
             match result {
                 Ok(response) => {
                     failures = 0;
+                    status.set_connected(true);
                     settings = settings.token(response.next_batch);
                     for (room_id, room) in &response.rooms.joined {
                         if room.timeline.limited {
@@ -186,6 +193,7 @@ impl Matrix {
                 }
                 Err(err) => {
                     failures += 1;
+                    status.set_connected(false);
                     let pause = Duration::from_secs(1 << failures.min(6));
                     tracing::warn!(%err, ?pause, "matrix: sync failed; retrying");
                     tokio::select! {
