@@ -126,7 +126,6 @@ fn the_container_build_copies_what_exists_and_runs_as_a_user() {
     for line in dockerfile.lines() {
         let line = line.trim();
         let body = if let Some(rest) = line.strip_prefix("ENV ") {
-            in_env = true;
             rest
         } else if in_env {
             line
