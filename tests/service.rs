@@ -21,10 +21,14 @@ fn endpoint(world: &World) -> String {
         .lines()
         .find(|line| line.contains("serving /healthz"))
         .expect("the endpoint was started");
-    let addr = line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("addr="))
-        .expect("its address");
+    let addr = match serde_json::from_str::<Value>(line) {
+        Ok(json) => json["addr"].as_str().expect("its address").to_owned(),
+        Err(_) => line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("addr="))
+            .expect("its address")
+            .to_owned(),
+    };
     format!("http://{addr}")
 }
 
@@ -45,11 +49,18 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 
 /// Two channels: `echo` answers in CHANNEL, a slower model (set by root) in OTHER_CHANNEL.
 async fn world_with_two_models() -> World {
+    world_with_two_models_and(&[]).await
+}
+
+/// [`world_with_two_models`] with more environment for the bot.
+async fn world_with_two_models_and(env: &[(&str, &str)]) -> World {
+    let mut vars = vec![("POE_RELAY__LOG__FILTER", "info")];
+    vars.extend_from_slice(env);
     let world = World::start_full(
         "",
         "[service]\nshutdown_grace_secs = 4\nhttp_enabled = true\nhttp_listen = \"127.0.0.1:0\"\n",
         // The default log level, so the test sees what operators see.
-        &[("POE_RELAY__LOG__FILTER", "info")],
+        &vars,
     )
     .await;
     let id = world
@@ -196,8 +207,8 @@ async fn the_endpoint_reports_a_conversation_and_a_stop_lets_short_replies_finis
 }
 
 #[tokio::test]
-async fn the_metrics_add_up_after_a_conversation() {
-    let world = world_with_two_models().await;
+async fn the_metrics_add_up_and_the_turn_is_logged_as_json() {
+    let world = world_with_two_models_and(&[("POE_RELAY__LOG__FORMAT", "json")]).await;
     let base = endpoint(&world);
     world
         .poe
@@ -251,6 +262,31 @@ async fn the_metrics_add_up_after_a_conversation() {
     );
     assert_eq!(sample(&text, "poe_relay_active_conversations"), Some(0.0));
     assert!(text.contains("# TYPE poe_relay_poe_retries_total counter"));
+
+    // The turn's log line, as JSON: every field a collector needs, and no message text.
+    let log = world.bot.log();
+    let turn: Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["message"] == "conversation turn")
+        .unwrap_or_else(|| panic!("no JSON turn line in:\n{log}"));
+    assert_eq!(turn["model"], "echo");
+    assert_eq!(turn["outcome"], "ok");
+    assert_eq!(turn["channel"], format!("discord:{CHANNEL}"));
+    assert_eq!(turn["user"], format!("discord:{}", alice().id));
+    for field in [
+        "tokens",
+        "points_reserved",
+        "points_settled",
+        "duration_ms",
+        "edits",
+    ] {
+        assert!(turn[field].is_number(), "{field} in {turn}");
+    }
+    assert!(
+        !log.contains("one two three four"),
+        "the answer is in the log"
+    );
 }
 
 #[tokio::test]
