@@ -110,6 +110,8 @@ async fn the_endpoint_reports_a_conversation_and_a_stop_lets_short_replies_finis
             (!short.is_empty() && long.first()?.edits() >= 1).then_some(())
         })
         .await;
+    // A question waiting behind the long answer in its channel.
+    let queued = world.mention(OTHER_CHANNEL, alice(), "and another");
 
     // Scraped mid-stream: two conversations running, edits counted.
     let (status, metrics) = get(&format!("{base}/metrics")).await;
@@ -119,7 +121,20 @@ async fn the_endpoint_reports_a_conversation_and_a_stop_lets_short_replies_finis
         Some(2.0),
         "{metrics}"
     );
-    assert_eq!(sample(&metrics, "poe_relay_queue_depth"), Some(0.0));
+    // The queued question reaches the manager a moment after its dispatch.
+    let mut metrics = metrics;
+    for _ in 0..50 {
+        if sample(&metrics, "poe_relay_queue_depth") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = get(&format!("{base}/metrics")).await.1;
+    }
+    assert_eq!(
+        sample(&metrics, "poe_relay_queue_depth"),
+        Some(1.0),
+        "{metrics}"
+    );
     assert!(
         sample(
             &metrics,
@@ -132,6 +147,18 @@ async fn the_endpoint_reports_a_conversation_and_a_stop_lets_short_replies_finis
     // Stop: the short answer finishes in full, the long one ends with a note at the
     // 4 s deadline, and the process exits 0.
     world.bot.signal("TERM");
+    // Draining: not ready any more, and it says why.
+    let mut readiness = (0, String::new());
+    for _ in 0..50 {
+        readiness = get(&format!("{base}/readyz")).await;
+        if readiness.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(readiness.0, 503, "{}", readiness.1);
+    let body: Value = serde_json::from_str(&readiness.1).expect("JSON");
+    assert_eq!(body["stopping"], true);
     world.wait_answer(CHANNEL, asked_short, &short).await;
     let ended = world
         .discord
@@ -148,6 +175,14 @@ async fn the_endpoint_reports_a_conversation_and_a_stop_lets_short_replies_finis
         "the partial text was kept: {}",
         ended.content
     );
+    // The question still waiting is told to ask again, not dropped in silence.
+    world
+        .discord
+        .wait_for_within(WAIT, "the queued question's notice", |fake| {
+            let notice = answer_in(fake, OTHER_CHANNEL, queued).first()?.clone();
+            notice.content.contains("did not get to this").then_some(())
+        })
+        .await;
     let status = world.bot.wait_for_exit(WAIT).await;
     assert!(status.success(), "{status}\n{}", world.bot.log());
 
@@ -197,7 +232,13 @@ async fn the_endpoint_reports_a_conversation_and_a_stop_lets_short_replies_finis
             assert!(line.contains(field), "{field} missing in {line}");
         }
     }
-    for text in ["a short one", "tell me a long story", "short1", "word word"] {
+    for text in [
+        "a short one",
+        "tell me a long story",
+        "and another",
+        "short1",
+        "word word",
+    ] {
         assert!(
             !log.contains(text),
             "message text {text:?} in the log:\n{log}"
