@@ -1051,3 +1051,59 @@ async fn a_reservation_left_by_a_crash_is_given_back_on_start() {
     assert_eq!(entry.state, LedgerState::Released);
     assert_eq!(entry.charge(), 0);
 }
+
+#[tokio::test]
+async fn a_stop_ends_running_replies_and_starts_nothing_new() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    // About 30 s of answer: it cannot finish within the grace period.
+    fake.script(
+        "echo",
+        Scenario::Text {
+            text: "word ".repeat(300),
+            chunk_chars: 5,
+            interval: Duration::from_millis(100),
+        },
+    );
+    let mut config = core_config(&fake);
+    // One slot: the second channel's question waits for it.
+    config.chat.max_concurrent_replies = 1;
+    let setup = core_with(config, quick_platform());
+    let first = message("c1", "ann", "a long story");
+    let waiting = message("c2", "bob", "and mine?");
+    setup.manager.handle(first, out(&setup.platform)).await;
+    shown_with(&setup.platform, "c1", "word").await;
+    setup.manager.handle(waiting, out(&setup.platform)).await;
+    // Let c2's worker take the question and wait for the slot before the stop begins.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(setup.platform.messages(&channel("c2")).is_empty());
+
+    let report = setup.manager.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(report.in_flight, 1, "{report:?}");
+    assert_eq!(report.interrupted, 1, "{report:?}");
+    let long = setup.platform.messages(&channel("c1"));
+    let last = &long.last().unwrap().text;
+    assert!(last.starts_with("word word"), "{last}");
+    assert!(last.contains("the bot is restarting"), "{last}");
+    // The question that was waiting for a slot never reached Poe: it was told instead.
+    let told = setup.platform.messages(&channel("c2"));
+    assert_eq!(told.len(), 1, "{told:#?}");
+    assert!(
+        told[0].text.contains("did not get to this"),
+        "{}",
+        told[0].text
+    );
+    assert_eq!(fake.chat_requests("echo").len(), 1);
+    // Nothing is held: the interrupted reservation went back.
+    let ledger = setup.store.ledger_since(0).unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].state, LedgerState::Released);
+    assert!(setup.store.inflight_replies().unwrap().is_empty());
+    // New work is refused.
+    assert_eq!(
+        setup
+            .manager
+            .handle(message("c3", "cy", "hello?"), out(&setup.platform))
+            .await,
+        Disposition::ShuttingDown
+    );
+}

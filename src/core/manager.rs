@@ -267,26 +267,11 @@ impl Manager {
         tokio::spawn(async move {
             while let Some(job) = receiver.recv().await {
                 if manager.is_draining() {
-                    // Not started, and there is no time to: say so rather than go quiet.
-                    if job.inbound.invocation == Invocation::Message {
-                        manager
-                            .post(
-                                &job.out,
-                                &job.inbound,
-                                "The bot is restarting and did not get to this. Ask again in a minute.".into(),
-                                false,
-                            )
-                            .await;
-                    }
+                    manager.turn_away(&job).await;
                     manager.update_busy(|busy| busy.queued -= 1);
                     continue;
                 }
-                manager.update_busy(|busy| {
-                    busy.queued -= 1;
-                    busy.running += 1;
-                });
                 manager.run_job(job).await;
-                manager.update_busy(|busy| busy.running -= 1);
             }
         });
         let channel = job.inbound.channel.clone();
@@ -295,10 +280,41 @@ impl Manager {
         queues.insert(channel, sender);
     }
 
+    /// A turn that will not start because the daemon is stopping: say so rather than go
+    /// quiet. (A queued command, such as `reset`, is dropped: it can be run again.)
+    async fn turn_away(&self, job: &Job) {
+        if job.inbound.invocation == Invocation::Message {
+            self.post(
+                &job.out,
+                &job.inbound,
+                "The bot is restarting and did not get to this. Ask again in a minute.".into(),
+                false,
+            )
+            .await;
+        }
+    }
+
+    /// Runs a turn once a slot is free; it counts as queued until then.
     async fn run_job(&self, job: Job) {
         let Ok(_permit) = self.inner.permits.clone().acquire_owned().await else {
+            self.update_busy(|busy| busy.queued -= 1);
             return;
         };
+        // It may have waited for the slot while a stop began.
+        if self.is_draining() {
+            self.turn_away(&job).await;
+            self.update_busy(|busy| busy.queued -= 1);
+            return;
+        }
+        self.update_busy(|busy| {
+            busy.queued -= 1;
+            busy.running += 1;
+        });
+        self.work(&job).await;
+        self.update_busy(|busy| busy.running -= 1);
+    }
+
+    async fn work(&self, job: &Job) {
         if job.inbound.invocation == Invocation::Command {
             let parsed = commands::parse(&job.inbound.text);
             let reply =
