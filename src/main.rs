@@ -179,6 +179,16 @@ async fn run(config: Config) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let (stop, shutdown) = watch::channel(false);
     let health = Arc::new(Health::default());
+    // Registered before the endpoint answers, so /readyz never calls a half-started daemon
+    // ready.
+    let matrix_status = config
+        .matrix
+        .enabled
+        .then(|| health.register(matrix::PLATFORM));
+    let discord_status = config
+        .discord
+        .enabled
+        .then(|| health.register(discord::PLATFORM));
     if config.service.http_enabled {
         let addr = poe_relay::service::http::serve(
             &config.service.http_listen,
@@ -196,40 +206,49 @@ async fn run(config: Config) -> Result<()> {
         tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     }
 
-    let mut platforms: HashMap<String, Arc<dyn Outbound>> = HashMap::new();
-    let mut matrix = None;
-    if config.matrix.enabled {
-        let connected = Matrix::connect(
-            &config.matrix,
-            matrix_credentials()?,
-            secret::read_optional(&ProcessEnv, "MATRIX_STORE_PASSPHRASE")?.as_ref(),
-            config.poe.base_url.starts_with("http://"),
-        )
-        .await?;
-        platforms.insert(matrix::PLATFORM.into(), connected.outbound());
-        matrix = Some((connected, health.register(matrix::PLATFORM)));
-    }
-    let mut discord = None;
-    if config.discord.enabled {
-        let token = secret::read_required(&ProcessEnv, "DISCORD_TOKEN")?;
-        let connected = Discord::connect(
-            &config.discord,
-            &token,
-            config.poe.base_url.starts_with("http://"),
-        )
-        .await?;
-        platforms.insert(discord::PLATFORM.into(), connected.outbound());
-        discord = Some((connected, health.register(discord::PLATFORM)));
-    }
-    if platforms.is_empty() {
-        tracing::warn!(
-            "no chat platform is enabled; set matrix.enabled or discord.enabled to true in the config"
-        );
-    }
-    let recovered = manager.recover(&platforms).await;
-    if recovered > 0 {
-        tracing::info!(recovered, "closed replies interrupted by the last stop");
-    }
+    // Connecting can take a while (or hang on a dead network): a signal meanwhile ends it.
+    let startup = async {
+        let mut platforms: HashMap<String, Arc<dyn Outbound>> = HashMap::new();
+        let mut matrix = None;
+        if let Some(status) = matrix_status {
+            let connected = Matrix::connect(
+                &config.matrix,
+                matrix_credentials()?,
+                secret::read_optional(&ProcessEnv, "MATRIX_STORE_PASSPHRASE")?.as_ref(),
+                config.poe.base_url.starts_with("http://"),
+            )
+            .await?;
+            platforms.insert(matrix::PLATFORM.into(), connected.outbound());
+            matrix = Some((connected, status));
+        }
+        let mut discord = None;
+        if let Some(status) = discord_status {
+            let token = secret::read_required(&ProcessEnv, "DISCORD_TOKEN")?;
+            let connected = Discord::connect(
+                &config.discord,
+                &token,
+                config.poe.base_url.starts_with("http://"),
+            )
+            .await?;
+            platforms.insert(discord::PLATFORM.into(), connected.outbound());
+            discord = Some((connected, status));
+        }
+        if platforms.is_empty() {
+            tracing::warn!(
+                "no chat platform is enabled; set matrix.enabled or discord.enabled to true in the config"
+            );
+        }
+        let recovered = manager.recover(&platforms).await;
+        if recovered > 0 {
+            tracing::info!(recovered, "closed replies interrupted by the last stop");
+        }
+        anyhow::Ok((platforms, matrix, discord))
+    };
+    let (platforms, matrix, discord) = tokio::select! {
+        started = startup => started?,
+        _ = terminate.recv() => return stop_during_startup(&store).await,
+        _ = interrupt.recv() => return stop_during_startup(&store).await,
+    };
     // Each platform runs until the shutdown signal; one that ends before it has failed.
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     if let Some((connected, status)) = matrix {
@@ -278,16 +297,26 @@ async fn run(config: Config) -> Result<()> {
         interrupted = report.interrupted,
         "replies in flight are done"
     );
-    let stopped = tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let stopped = tokio::select! {
+        stopped = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        }) => stopped,
+        _ = terminate.recv() => exit_now(),
+        _ = interrupt.recv() => exit_now(),
+    };
     if stopped.is_err() {
         tracing::warn!("a platform did not stop within 5 s");
     }
     store.flush().await?;
     tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// A signal before the platforms were up: nothing is in flight yet.
+async fn stop_during_startup(store: &Store) -> Result<()> {
+    tracing::info!("stopping during start-up");
+    store.flush().await?;
+    Ok(())
 }
 
 /// A second signal: leave now. sled's log is crash-safe, so the store stays whole; replies in

@@ -72,14 +72,14 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "systemd complains about the unit:\n{complaints}"
     );
 
-    // The stop timeout leaves room for the grace period and the final edits.
+    // The stop timeout leaves room for the grace period, the final edits (30 s) and closing.
     let timeout: u64 = unit
         .lines()
         .find_map(|line| line.strip_prefix("TimeoutStopSec="))
         .and_then(|value| value.trim().parse().ok())
         .expect("TimeoutStopSec in seconds");
     let grace = poe_relay::config::ServiceConfig::default().shutdown_grace_secs;
-    assert!(timeout >= grace + 30, "TimeoutStopSec={timeout}");
+    assert!(timeout >= grace + 40, "TimeoutStopSec={timeout}");
 }
 
 /// The settings a file passes as `POE_RELAY__…` variables.
@@ -98,6 +98,15 @@ fn the_container_build_copies_what_exists_and_runs_as_a_user() {
         .filter(|line| line.starts_with("FROM "))
         .count();
     assert!(stages >= 2, "a multi-stage build");
+    // The build context leaves out what .dockerignore names (target/ is gigabytes).
+    let ignored: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert!(ignored.iter().any(|entry| entry == "target"));
+    assert!(ignored.iter().any(|entry| entry == "deploy/secrets"));
     for line in dockerfile.lines().filter(|line| line.starts_with("COPY ")) {
         if line.contains("--from=") {
             continue;
@@ -107,6 +116,12 @@ fn the_container_build_copies_what_exists_and_runs_as_a_user() {
             assert!(
                 project().join(source).exists(),
                 "the build copies {source}, which does not exist"
+            );
+            assert!(
+                !ignored
+                    .iter()
+                    .any(|entry| source.starts_with(entry.as_str())),
+                "the build copies {source}, which .dockerignore leaves out"
             );
         }
     }
@@ -184,6 +199,10 @@ fn the_compose_file_runs_poe_relay_beside_synapse_with_valid_settings() {
             .exists()
     );
     assert_eq!(relay["volumes"][0], "poe-relay-data:/data");
+    assert_eq!(
+        relay["depends_on"]["synapse"]["condition"],
+        "service_healthy"
+    );
     assert!(relay["stop_grace_period"].as_str().is_some());
     let environment = relay["environment"].as_object().expect("environment");
     // Secrets come as files, never as values in the compose file.

@@ -302,7 +302,6 @@ async fn the_metrics_add_up_and_the_turn_is_logged_as_json() {
         "{text}"
     );
     assert_eq!(sample(&text, "poe_relay_active_conversations"), Some(0.0));
-    assert!(text.contains("# TYPE poe_relay_poe_retries_total counter"));
 
     // The turn's log line, as JSON: every field a collector needs, and no message text.
     let log = world.bot.log();
@@ -397,5 +396,52 @@ async fn the_poe_client_retries_are_counted_by_cause() {
         sample(&text, "poe_relay_poe_retries_total{cause=\"unavailable\"}"),
         Some(1.0),
         "{text}"
+    );
+}
+
+/// A start-up that hangs (Discord's API accepts the connection and never answers) still
+/// stops on SIGTERM, promptly and cleanly.
+#[tokio::test]
+async fn a_signal_during_a_hung_start_up_stops_the_daemon() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (accepted, mut connections) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = accepted.send(());
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("poe-relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[poe]\nbase_url = \"http://127.0.0.1:9\"\n[store]\npath = \"{}\"\n[discord]\nenabled = true\napi_base = \"http://127.0.0.1:{port}\"\ngateway_url = \"ws://127.0.0.1:{port}/gateway\"\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let mut bot = support::bot_process::BotProcess::start(
+        &config,
+        &[
+            ("POE_API_KEY", support::KEY),
+            ("DISCORD_TOKEN", "a-token-for-nobody"),
+        ],
+        &dir.path().join("bot.log"),
+    );
+    tokio::time::timeout(WAIT, connections.recv())
+        .await
+        .expect("the bot to call the API");
+    bot.signal("TERM");
+    let status = bot.wait_for_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}\n{}", bot.log());
+    assert!(
+        bot.log().contains("stopping during start-up"),
+        "{}",
+        bot.log()
     );
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::budget::{Budgets, Spender};
@@ -99,6 +100,16 @@ pub struct ShutdownReport {
 struct Busy {
     running: usize,
     queued: usize,
+    /// A stop began: no new work is taken. Kept here so that taking work and starting a
+    /// stop cannot interleave.
+    draining: bool,
+}
+
+/// Which count a piece of work joins.
+#[derive(Clone, Copy)]
+enum Slot {
+    Running,
+    Queued,
 }
 
 /// The note that ends a reply cut short by a stop.
@@ -122,8 +133,6 @@ struct Inner {
     queues: Mutex<HashMap<ChannelKey, mpsc::UnboundedSender<Job>>>,
     pacers: Mutex<HashMap<ChannelKey, Arc<ChannelPacer>>>,
     permits: Arc<Semaphore>,
-    /// Set when a stop begins: no new work is taken.
-    draining: std::sync::atomic::AtomicBool,
     /// Set at the stop's deadline: running replies end now.
     interrupt: watch::Sender<bool>,
     busy: watch::Sender<Busy>,
@@ -145,7 +154,6 @@ impl Manager {
                 queues: Mutex::new(HashMap::new()),
                 pacers: Mutex::new(HashMap::new()),
                 permits,
-                draining: std::sync::atomic::AtomicBool::new(false),
                 interrupt: watch::channel(false).0,
                 busy: watch::channel(Busy::default()).0,
             }),
@@ -162,9 +170,24 @@ impl Manager {
     }
 
     fn is_draining(&self) -> bool {
-        self.inner
-            .draining
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.inner.busy.borrow().draining
+    }
+
+    /// Counts new work in, unless a stop began; returns whether it was taken.
+    fn admit(&self, slot: Slot) -> bool {
+        let metrics = &self.inner.services.metrics;
+        self.inner.busy.send_if_modified(|busy| {
+            if busy.draining {
+                return false;
+            }
+            match slot {
+                Slot::Running => busy.running += 1,
+                Slot::Queued => busy.queued += 1,
+            }
+            metrics.set_active_conversations(busy.running);
+            metrics.set_queue_depth(busy.queued);
+            true
+        })
     }
 
     fn update_busy(&self, change: impl FnOnce(&mut Busy)) {
@@ -180,9 +203,7 @@ impl Manager {
     /// rest with a note (their reservations released). Turns still queued get a note that
     /// the bot is restarting. Returns once nothing is running.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        self.inner
-            .draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.busy.send_modify(|busy| busy.draining = true);
         let mut busy = self.inner.busy.subscribe();
         let in_flight = busy.borrow().running;
         let idle = |busy: &Busy| busy.running == 0 && busy.queued == 0;
@@ -230,17 +251,17 @@ impl Manager {
                 let parsed = commands::parse(&inbound.text);
                 // `reset` must not overtake a reply still running in the channel.
                 if parsed == Ok(Command::Reset) {
-                    self.enqueue(inbound, out);
-                    return Disposition::Queued;
+                    return self.enqueue(inbound, out);
+                }
+                if !self.admit(Slot::Running) {
+                    return Disposition::ShuttingDown;
                 }
                 let reply = commands::execute(services, &inbound, parsed, now_ms()).await;
                 self.post(&out, &inbound, reply.text, reply.private).await;
+                self.update_busy(|busy| busy.running -= 1);
                 Disposition::Answered
             }
-            Invocation::Message => {
-                self.enqueue(inbound, out);
-                Disposition::Queued
-            }
+            Invocation::Message => self.enqueue(inbound, out),
         }
     }
 
@@ -251,13 +272,15 @@ impl Manager {
             .clone()
     }
 
-    fn enqueue(&self, inbound: Inbound, out: Arc<dyn Outbound>) {
-        self.update_busy(|busy| busy.queued += 1);
+    fn enqueue(&self, inbound: Inbound, out: Arc<dyn Outbound>) -> Disposition {
+        if !self.admit(Slot::Queued) {
+            return Disposition::ShuttingDown;
+        }
         let mut queues = locked(&self.inner.queues);
         let job = Job { inbound, out };
         let job = match queues.get(&job.inbound.channel) {
             Some(queue) => match queue.send(job) {
-                Ok(()) => return,
+                Ok(()) => return Disposition::Queued,
                 Err(mpsc::error::SendError(job)) => job,
             },
             None => job,
@@ -278,6 +301,7 @@ impl Manager {
         // The receiver was just created and is held by the task: this cannot fail.
         let _ = sender.send(job);
         queues.insert(channel, sender);
+        Disposition::Queued
     }
 
     /// A turn that will not start because the daemon is stopping: say so rather than go
@@ -310,7 +334,14 @@ impl Manager {
             busy.queued -= 1;
             busy.running += 1;
         });
-        self.work(&job).await;
+        // A bug in one turn must not stop the channel's worker or leave the turn counted
+        // as running (a stop would wait for it in vain).
+        let outcome = std::panic::AssertUnwindSafe(self.work(&job))
+            .catch_unwind()
+            .await;
+        if outcome.is_err() {
+            tracing::error!(channel = %job.inbound.channel, "a conversation turn failed unexpectedly (a bug); the channel goes on");
+        }
         self.update_busy(|busy| busy.running -= 1);
     }
 
@@ -345,6 +376,10 @@ impl Manager {
                 match out.send(&inbound.channel, message.clone()).await {
                     Ok(_) => break,
                     Err(crate::platform::PlatformError::RateLimited { retry_after }) => {
+                        self.inner
+                            .services
+                            .metrics
+                            .platform_rate_limited(&inbound.channel.platform, 1);
                         pacer.back_off(retry_after)
                     }
                     Err(err) => {
@@ -573,6 +608,11 @@ impl Manager {
                 renderer.append(&piece);
             }
         }
+        // Done with Poe: after an interruption, closing the stream stops the generation
+        // (and its cost) while the final edit is made.
+        let (transport, attempts) = (stream.transport(), stream.attempts());
+        let retry_causes = stream.retry_causes().to_vec();
+        drop(stream);
         if placeholder.is_some() && answer.is_empty() {
             renderer.replace("");
         }
@@ -659,7 +699,7 @@ impl Manager {
         metrics.reply_duration(&model, asked.elapsed());
         metrics.edits(platform, report.edits);
         metrics.platform_rate_limited(platform, report.rate_limited);
-        for cause in stream.retry_causes() {
+        for cause in &retry_causes {
             metrics.poe_retry(cause);
         }
         if let Ok(points) = settled {
@@ -669,8 +709,8 @@ impl Manager {
             channel = %channel,
             user = %spender.key,
             model = %model,
-            transport = ?stream.transport(),
-            attempts = stream.attempts(),
+            transport = ?transport,
+            attempts,
             answer_chars = answer.chars().count(),
             tokens = completion_tokens,
             points_reserved = reservation.points,
@@ -763,6 +803,10 @@ impl Manager {
             match result {
                 Ok(()) => return,
                 Err(crate::platform::PlatformError::RateLimited { retry_after }) => {
+                    self.inner
+                        .services
+                        .metrics
+                        .platform_rate_limited(&record.channel.platform, 1);
                     pacer.back_off(retry_after)
                 }
                 Err(err) => {
