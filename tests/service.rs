@@ -399,8 +399,8 @@ async fn the_poe_client_retries_are_counted_by_cause() {
     );
 }
 
-/// A start-up that hangs (Discord's API accepts the connection and never answers) still
-/// stops on SIGTERM, promptly and cleanly.
+/// A start-up that hangs (Discord's API accepts the connection and never answers): `/readyz`
+/// says which part is not up, and SIGTERM still stops the daemon, promptly and cleanly.
 #[tokio::test]
 async fn a_signal_during_a_hung_start_up_stops_the_daemon() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -420,7 +420,7 @@ async fn a_signal_during_a_hung_start_up_stops_the_daemon() {
     std::fs::write(
         &config,
         format!(
-            "[poe]\nbase_url = \"http://127.0.0.1:9\"\n[store]\npath = \"{}\"\n[discord]\nenabled = true\napi_base = \"http://127.0.0.1:{port}\"\ngateway_url = \"ws://127.0.0.1:{port}/gateway\"\n",
+            "[poe]\nbase_url = \"http://127.0.0.1:9\"\n[store]\npath = \"{}\"\n[discord]\nenabled = true\napi_base = \"http://127.0.0.1:{port}\"\ngateway_url = \"ws://127.0.0.1:{port}/gateway\"\n[service]\nhttp_enabled = true\nhttp_listen = \"127.0.0.1:0\"\n",
             dir.path().join("store").display()
         ),
     )
@@ -436,6 +436,22 @@ async fn a_signal_during_a_hung_start_up_stops_the_daemon() {
     tokio::time::timeout(WAIT, connections.recv())
         .await
         .expect("the bot to call the API");
+    let log = bot.log();
+    let addr = log
+        .lines()
+        .find(|line| line.contains("serving /healthz"))
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix("addr="))
+        })
+        .unwrap_or_else(|| panic!("no endpoint in:\n{log}"))
+        .to_owned();
+    let (status, body) = get(&format!("http://{addr}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["platforms"]["discord"], "disconnected", "{body}");
+    assert_eq!(body["store"], "ok");
+    assert_eq!(get(&format!("http://{addr}/healthz")).await.0, 200);
     bot.signal("TERM");
     let status = bot.wait_for_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}\n{}", bot.log());
