@@ -6,6 +6,7 @@
 //! [`memory`] is a platform that lives in memory, for tests and benchmarks.
 
 pub mod discord;
+pub mod download;
 pub mod matrix;
 pub mod memory;
 

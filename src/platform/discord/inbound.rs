@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use serde_json::json;
 use serenity::all::{CommandInteraction, Message};
@@ -24,7 +23,9 @@ use super::slash::{self, Request};
 use super::trigger::{self, Addressing};
 use crate::config::DiscordConfig;
 use crate::core::manager::{Disposition, Manager};
-use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound};
+use crate::platform::{
+    ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound, download,
+};
 use crate::poe::FileSource;
 
 /// The platform name in channel keys and ledger entries.
@@ -32,9 +33,6 @@ pub const PLATFORM: &str = "discord";
 
 /// Discord's epoch (2015-01-01) in Unix milliseconds.
 const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
-
-/// Longest wait for an attachment from Discord's CDN.
-const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// When an id was made, in Unix milliseconds: every Discord id carries its creation time.
 pub fn snowflake_ms(id: u64) -> i64 {
@@ -75,11 +73,7 @@ impl Receiver {
         bot_id: u64,
         allow_plain_http_files: bool,
     ) -> Receiver {
-        let downloads = reqwest::Client::builder()
-            .timeout(DOWNLOAD_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
+        let downloads = download::client();
         Receiver {
             max_attachment_bytes: manager.services().config.chat.max_attachment_bytes,
             started_ms: manager.started_ms(),
@@ -341,46 +335,21 @@ impl Receiver {
         if size > self.max_attachment_bytes {
             return inbound;
         }
-        match self.download(&file.url).await {
+        let max = usize::try_from(self.max_attachment_bytes).unwrap_or(usize::MAX);
+        match download::fetch(&self.downloads, &file.url, self.allow_plain_http_files, max).await {
             Ok(data) => {
                 inbound.size = data.len() as u64;
                 inbound.source = FileSource::Bytes(data.into());
+            }
+            // Bigger than Discord said: the core refuses it by its size, with the note.
+            Err(download::DownloadError::TooLarge { .. }) => {
+                inbound.size = self.max_attachment_bytes.saturating_add(1);
             }
             Err(reason) => {
                 tracing::warn!(file = %file.filename, %reason, "discord: cannot fetch an attachment; passing its URL on");
             }
         }
         inbound
-    }
-
-    async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
-        match parsed.scheme() {
-            "https" => {}
-            "http" if self.allow_plain_http_files => {}
-            _ => return Err("not an https URL".into()),
-        }
-        let mut response = self
-            .downloads
-            .get(parsed)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|err| err.without_url().to_string())?;
-        let mut data = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|err| err.without_url().to_string())?
-        {
-            // One byte over is enough for the core to refuse it with the size note.
-            if (data.len() + chunk.len()) as u64 > self.max_attachment_bytes {
-                data.extend_from_slice(&chunk);
-                break;
-            }
-            data.extend_from_slice(&chunk);
-        }
-        Ok(data)
     }
 }
 

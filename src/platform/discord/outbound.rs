@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use serenity::all::{ChannelId, CreateAttachment, Http, HttpError, MessageId as DiscordMessageId};
 
 use crate::core::render::split::LengthUnit;
+use crate::platform::download;
 use crate::platform::{
     ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlatformError,
 };
@@ -72,11 +73,7 @@ pub struct DiscordOutbound {
 
 impl DiscordOutbound {
     pub fn new(http: Arc<Http>, allow_plain_http_files: bool) -> DiscordOutbound {
-        let downloads = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
+        let downloads = download::client();
         DiscordOutbound {
             http,
             interactions: Mutex::new(HashMap::new()),
@@ -189,34 +186,6 @@ impl DiscordOutbound {
             state.original.get_or_insert(sent.id.get());
         }
         Ok(MessageId(format!("{interaction}/{}", sent.id.get())))
-    }
-
-    async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
-        match parsed.scheme() {
-            "https" => {}
-            "http" if self.allow_plain_http_files => {}
-            _ => return Err("not an https URL".into()),
-        }
-        let mut response = self
-            .downloads
-            .get(parsed)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|err| err.without_url().to_string())?;
-        let mut data = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|err| err.without_url().to_string())?
-        {
-            if data.len() + chunk.len() > MAX_FILE_BYTES {
-                return Err(format!("larger than {} MB", MAX_FILE_BYTES >> 20));
-            }
-            data.extend_from_slice(&chunk);
-        }
-        Ok(data)
     }
 }
 
@@ -378,7 +347,14 @@ impl Outbound for DiscordOutbound {
         file: &OutFile,
         reply_to: Option<&str>,
     ) -> Result<Option<MessageId>, PlatformError> {
-        let data = match self.download(&file.url).await {
+        let data = match download::fetch(
+            &self.downloads,
+            &file.url,
+            self.allow_plain_http_files,
+            MAX_FILE_BYTES,
+        )
+        .await
+        {
             Ok(data) => data,
             Err(reason) => {
                 // The answer's text links to the file already.

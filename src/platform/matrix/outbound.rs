@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::content::{self, Relation, SEND_LIMIT_BYTES};
 use crate::core::render::split::LengthUnit;
+use crate::platform::download;
 use crate::platform::{
     ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlatformError,
 };
@@ -39,11 +40,7 @@ pub struct MatrixOutbound {
 
 impl MatrixOutbound {
     pub fn new(client: Client, allow_plain_http_files: bool) -> MatrixOutbound {
-        let downloads = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
+        let downloads = download::client();
         MatrixOutbound {
             client,
             downloads,
@@ -75,34 +72,6 @@ impl MatrixOutbound {
             .await
             .map_err(platform_error)?;
         Ok(MessageId(sent.response.event_id.to_string()))
-    }
-
-    async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
-        match parsed.scheme() {
-            "https" => {}
-            "http" if self.allow_plain_http_files => {}
-            _ => return Err("not an https URL".into()),
-        }
-        let mut response = self
-            .downloads
-            .get(parsed)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|err| err.without_url().to_string())?;
-        let mut data = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|err| err.without_url().to_string())?
-        {
-            if data.len() + chunk.len() > MAX_FILE_BYTES {
-                return Err(format!("larger than {} MB", MAX_FILE_BYTES >> 20));
-            }
-            data.extend_from_slice(&chunk);
-        }
-        Ok(data)
     }
 }
 
@@ -200,15 +169,19 @@ impl Outbound for MatrixOutbound {
         reply_to: Option<&str>,
     ) -> Result<Option<MessageId>, PlatformError> {
         let room = self.room(channel)?;
-        let data = self
-            .download(&file.url)
-            .await
-            .map_err(|reason| PlatformError::Failed {
-                detail: format!(
-                    "cannot fetch {} from the model's answer: {reason}",
-                    file.name
-                ),
-            })?;
+        let data = download::fetch(
+            &self.downloads,
+            &file.url,
+            self.allow_plain_http_files,
+            MAX_FILE_BYTES,
+        )
+        .await
+        .map_err(|reason| PlatformError::Failed {
+            detail: format!(
+                "cannot fetch {} from the model's answer: {reason}",
+                file.name
+            ),
+        })?;
         let mime: mime::Mime = file
             .content_type
             .parse()
