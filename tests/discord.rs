@@ -8,7 +8,6 @@ mod support;
 use std::time::Duration;
 
 use poe_relay::fake_poe::{FakePoe, Scenario};
-use poe_relay::poe::{FileSource, InputFile};
 use serde_json::{Value, json};
 
 use support::KEY;
@@ -422,23 +421,7 @@ async fn attachments_reach_poe_and_image_answers_arrive_as_files() {
 
     // An image bot's answer arrives as a file the channel can download.
     let picture = b"\x89PNG\r\n\x1a\n-a-cat-".repeat(64);
-    let poe = support::client(support::config_for(&world.poe));
-    let stored = poe
-        .upload(&InputFile {
-            name: "cat.png".into(),
-            content_type: "image/png".into(),
-            source: FileSource::Bytes(picture.clone().into()),
-        })
-        .await
-        .expect("put the picture on the fake Poe");
-    world.poe.script(
-        "echo",
-        Scenario::Media {
-            url: stored.url,
-            content_type: "image/png".into(),
-            name: "cat.png".into(),
-        },
-    );
+    support::script_image_answer(&world.poe, "echo", "cat.png", &picture).await;
     let draw = world.mention(OTHER_CHANNEL, alice(), "draw a cat");
     let file = world
         .discord

@@ -14,7 +14,6 @@ use matrix_sdk::ruma::events::room::message::{
 };
 use matrix_sdk::ruma::{OwnedUserId, UserId};
 use poe_relay::fake_poe::{FakePoe, Scenario};
-use poe_relay::poe::{FileSource, InputFile};
 use reqwest::Method;
 use serde_json::json;
 
@@ -588,23 +587,7 @@ async fn an_image_reaches_poe_as_an_attachment() {
 async fn an_image_bot_answer_arrives_as_an_image() {
     let world = World::start(SynapseOptions::default(), "").await;
     let picture = b"\x89PNG\r\n\x1a\n-a-cat-".repeat(64);
-    let poe = support::client(support::config_for(&world.fake));
-    let stored = poe
-        .upload(&InputFile {
-            name: "cat.png".into(),
-            content_type: "image/png".into(),
-            source: FileSource::Bytes(picture.clone().into()),
-        })
-        .await
-        .expect("put the picture on the fake Poe");
-    world.fake.script(
-        "echo",
-        Scenario::Media {
-            url: stored.url,
-            content_type: "image/png".into(),
-            name: "cat.png".into(),
-        },
-    );
+    support::script_image_answer(&world.fake, "echo", "cat.png", &picture).await;
     let room = world.room(true, &[]).await;
     let asked = world.alice.say(&room, "draw a cat").await;
     let shown = world

@@ -37,6 +37,27 @@ pub fn client(config: PoeConfig) -> PoeClient {
     PoeClient::new(config, Secret::new(KEY)).expect("client")
 }
 
+/// Makes `model` on `fake` an image bot whose answer is `picture` as `name` (a PNG): the
+/// picture is uploaded to the fake first, so the bot can fetch it like a real Poe CDN file.
+pub async fn script_image_answer(fake: &FakePoe, model: &str, name: &str, picture: &[u8]) {
+    let stored = client(config_for(fake))
+        .upload(&poe_relay::poe::InputFile {
+            name: name.into(),
+            content_type: "image/png".into(),
+            source: poe_relay::poe::FileSource::Bytes(picture.to_vec().into()),
+        })
+        .await
+        .expect("put the picture on the fake Poe");
+    fake.script(
+        model,
+        poe_relay::fake_poe::Scenario::Media {
+            url: stored.url,
+            content_type: "image/png".into(),
+            name: name.into(),
+        },
+    );
+}
+
 /// Everything a stream produced: the answer as a user would see it, every event, and the
 /// error it ended with, if any.
 #[derive(Debug)]

@@ -270,15 +270,15 @@ impl Outbound for DiscordOutbound {
             .reply_to
             .as_deref()
             .and_then(|id| snowflake(id, "message").ok());
-        if let Some(interaction) = reply_to.filter(|id| self.pending().contains_key(id)) {
-            // An expired interaction's private answer must not fall back to the channel.
-            let live = self
-                .pending()
-                .get(&interaction)
-                .is_some_and(|state| state.live_token().is_some());
-            if live || message.private {
-                return self.answer_interaction(interaction, &message).await;
-            }
+        let known = reply_to.and_then(|id| {
+            let live = self.pending().get(&id)?.live_token().is_some();
+            Some((id, live))
+        });
+        // An expired interaction's private answer must not fall back to the channel.
+        if let Some((interaction, live)) = known
+            && (live || message.private)
+        {
+            return self.answer_interaction(interaction, &message).await;
         }
         let channel_id = snowflake(&channel.channel, "channel")?;
         let mut body = json!({"content": message.text, "allowed_mentions": no_mentions()});
@@ -368,12 +368,10 @@ impl Outbound for DiscordOutbound {
         let interaction = reply_to.and_then(|id| {
             let pending = self.pending();
             let state = pending.get(&id)?;
-            state.live_token()?;
-            Some((id, state.ephemeral))
+            Some((id, state.live_token()?.to_owned(), state.ephemeral))
         });
         let sent = match interaction {
-            Some((interaction, ephemeral)) => {
-                let token = self.token(interaction)?;
+            Some((interaction, token, ephemeral)) => {
                 if ephemeral {
                     body["flags"] = json!(EPHEMERAL);
                 }
