@@ -102,6 +102,9 @@ impl Default for ChatConfig {
 }
 
 /// Point budgets per user.
+/// The ledger must outlive the longest budget period and reconciliation's look-back.
+const MIN_LEDGER_RETENTION_DAYS: u64 = 35;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetConfig {
@@ -121,6 +124,8 @@ pub struct BudgetConfig {
     pub reconcile_after_secs: u64,
     /// How far a Poe history entry may lie outside a request's start and end and still match.
     pub reconcile_slack_secs: u64,
+    /// Ledger entries older than this are deleted.
+    pub ledger_retention_days: u64,
 }
 
 impl Default for BudgetConfig {
@@ -134,6 +139,7 @@ impl Default for BudgetConfig {
             reconcile_interval_secs: 300,
             reconcile_after_secs: 60,
             reconcile_slack_secs: 120,
+            ledger_retention_days: 365,
         }
     }
 }
@@ -612,6 +618,14 @@ impl Config {
                 }
             }
         }
+        if self.budget.ledger_retention_days < MIN_LEDGER_RETENTION_DAYS {
+            problem(
+                "budget.ledger_retention_days",
+                &format!(
+                    "must be at least {MIN_LEDGER_RETENTION_DAYS}: a month's budget and reconciliation look back that far"
+                ),
+            );
+        }
         if self.service.shutdown_grace_secs > 3600 {
             problem(
                 "service.shutdown_grace_secs",
@@ -805,6 +819,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("requests_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn a_ledger_kept_shorter_than_a_month_is_refused() {
+        let err = load_str("[budget]\nledger_retention_days = 7\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("budget.ledger_retention_days: must be at least 35"),
+            "{err}"
+        );
+        assert!(load_str("[budget]\nledger_retention_days = 35\n", &[]).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod core;
 pub mod fake_poe;
+pub mod lanes;
 pub mod logging;
 pub mod metrics;
 pub mod platform;

@@ -77,6 +77,9 @@ pub struct Standing {
     pub requests: usize,
 }
 
+/// How many per-user locks are kept before unused ones are dropped.
+const PRUNE_LOCKS_AT: usize = 1_024;
+
 pub struct Budgets {
     store: Store,
     config: BudgetConfig,
@@ -101,6 +104,10 @@ impl Budgets {
             .locks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if locks.len() >= PRUNE_LOCKS_AT {
+            // A lock nobody holds or waits for is as good as a new one.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
         locks.entry(user.to_owned()).or_default().clone()
     }
 
@@ -288,5 +295,20 @@ mod tests {
             budgets.standing(&spender(false), tomorrow).unwrap().spent,
             0
         );
+    }
+
+    #[test]
+    fn locks_of_past_users_are_dropped_and_held_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let budgets = Budgets::new(Store::open(dir.path()).unwrap(), BudgetConfig::default());
+        let held = budgets.lock_for("memory:held");
+        let _guard = held.try_lock().unwrap();
+        for n in 0..3 * PRUNE_LOCKS_AT {
+            budgets.lock_for(&format!("memory:user{n}"));
+        }
+        let locks = budgets.locks.lock().unwrap();
+        assert!(locks.len() <= PRUNE_LOCKS_AT, "{} locks kept", locks.len());
+        // The held lock is still the one handed out: a second caller would wait for it.
+        assert!(Arc::ptr_eq(&locks["memory:held"], &held));
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 
 use super::budget::{Budgets, Spender};
 use super::catalog::Catalog;
@@ -22,6 +22,7 @@ use super::reconcile;
 use super::render::split::split;
 use super::render::stream::{ChannelPacer, Ending, Renderer, Target};
 use crate::config::Config;
+use crate::lanes::{self, Lanes};
 use crate::metrics::Metrics;
 use crate::platform::{ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound};
 use crate::poe::{ChatMessage, ChatRequest, InputFile, PoeClient, PoeError, PoeEvent, Role, Usage};
@@ -112,6 +113,9 @@ enum Slot {
     Queued,
 }
 
+/// How many channel pacers are kept before idle ones are dropped.
+const PRUNE_PACERS_AT: usize = 1_024;
+
 /// The note that ends a reply cut short by a stop.
 const STOPPING_NOTICE: &str =
     "⚠️ Interrupted: the bot is restarting. Ask again in a minute to get a full answer.";
@@ -130,7 +134,7 @@ pub struct Manager {
 struct Inner {
     services: Services,
     started_ms: i64,
-    queues: Mutex<HashMap<ChannelKey, mpsc::UnboundedSender<Job>>>,
+    lanes: Lanes<ChannelKey, Job>,
     pacers: Mutex<HashMap<ChannelKey, Arc<ChannelPacer>>>,
     permits: Arc<Semaphore>,
     /// Set at the stop's deadline: running replies end now.
@@ -151,7 +155,7 @@ impl Manager {
             inner: Arc::new(Inner {
                 services,
                 started_ms: now_ms(),
-                queues: Mutex::new(HashMap::new()),
+                lanes: Lanes::new(lanes::IDLE),
                 pacers: Mutex::new(HashMap::new()),
                 permits,
                 interrupt: watch::channel(false).0,
@@ -266,7 +270,12 @@ impl Manager {
     }
 
     fn pacer(&self, channel: &ChannelKey, out: &Arc<dyn Outbound>) -> Arc<ChannelPacer> {
-        locked(&self.inner.pacers)
+        let mut pacers = locked(&self.inner.pacers);
+        if pacers.len() >= PRUNE_PACERS_AT {
+            // A pacer nobody holds whose next slot has passed paces like a new one.
+            pacers.retain(|_, pacer| Arc::strong_count(pacer) > 1 || !pacer.is_idle());
+        }
+        pacers
             .entry(channel.clone())
             .or_insert_with(|| Arc::new(ChannelPacer::new(out.limits().min_channel_interval)))
             .clone()
@@ -276,31 +285,20 @@ impl Manager {
         if !self.admit(Slot::Queued) {
             return Disposition::ShuttingDown;
         }
-        let mut queues = locked(&self.inner.queues);
-        let job = Job { inbound, out };
-        let job = match queues.get(&job.inbound.channel) {
-            Some(queue) => match queue.send(job) {
-                Ok(()) => return Disposition::Queued,
-                Err(mpsc::error::SendError(job)) => job,
-            },
-            None => job,
-        };
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Job>();
         let manager = self.clone();
-        tokio::spawn(async move {
-            while let Some(job) = receiver.recv().await {
-                if manager.is_draining() {
-                    manager.turn_away(&job).await;
-                    manager.update_busy(|busy| busy.queued -= 1);
-                    continue;
+        self.inner
+            .lanes
+            .push(inbound.channel.clone(), Job { inbound, out }, move |job| {
+                let manager = manager.clone();
+                async move {
+                    if manager.is_draining() {
+                        manager.turn_away(&job).await;
+                        manager.update_busy(|busy| busy.queued -= 1);
+                        return;
+                    }
+                    manager.run_job(job).await;
                 }
-                manager.run_job(job).await;
-            }
-        });
-        let channel = job.inbound.channel.clone();
-        // The receiver was just created and is held by the task: this cannot fail.
-        let _ = sender.send(job);
-        queues.insert(channel, sender);
+            });
         Disposition::Queued
     }
 
@@ -840,7 +838,8 @@ impl Manager {
         })
     }
 
-    /// One round of upkeep: reconcile the ledger, delete expired turns and seen events.
+    /// One round of upkeep: reconcile the ledger, delete expired turns, ledger entries and seen
+    /// events.
     pub async fn maintain(&self) {
         let services = &self.inner.services;
         let budget = &services.config.budget;
@@ -870,6 +869,15 @@ impl Manager {
         let retention_ms = services.config.chat.history_retention_days as i64 * 86_400_000;
         if let Err(err) = services.store.prune_turns_before(now_ms() - retention_ms) {
             tracing::warn!(%err, "cannot delete expired turns");
+        }
+        let ledger_retention_us = budget.ledger_retention_days as i64 * 86_400_000_000;
+        match services
+            .store
+            .prune_ledger_before(now_ms() * 1000 - ledger_retention_us, now_ms())
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "deleted expired ledger entries"),
+            Err(err) => tracing::warn!(%err, "cannot delete expired ledger entries"),
         }
         if let Err(err) = services.store.prune_seen_before(now_ms() - 7 * 86_400_000) {
             tracing::warn!(%err, "cannot forget old events");

@@ -157,7 +157,7 @@ pub async fn reconcile_once(
         let mut total = 0;
         let mut used = 0;
         for &j in &entries {
-            if store.claim_query(&theirs[j].query_id)? {
+            if store.claim_query(&theirs[j].query_id, now_us / 1000)? {
                 total += theirs[j].cost_points.unwrap_or(0);
                 used += 1;
             }

@@ -63,6 +63,11 @@ impl ChannelPacer {
         tokio::time::sleep_until(turn).await;
     }
 
+    /// Nothing is scheduled: a new pacer would behave the same.
+    pub fn is_idle(&self) -> bool {
+        *self.slot() <= Instant::now()
+    }
+
     /// The platform said to wait: nothing goes out in this channel before then.
     pub fn back_off(&self, retry_after: Duration) {
         let mut next = self.slot();
@@ -359,5 +364,26 @@ async fn render(
                     .back_off(Duration::from_millis(500 * u64::from(failures)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pacer_is_idle_only_once_its_next_slot_has_passed() {
+        let pacer = ChannelPacer::new(Duration::from_millis(250));
+        assert!(pacer.is_idle());
+        pacer.wait_turn().await;
+        assert!(!pacer.is_idle(), "the next slot is 250 ms away");
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(pacer.is_idle());
+        // A platform's back-off is kept as long as it lasts.
+        pacer.back_off(Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(!pacer.is_idle());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(pacer.is_idle());
     }
 }

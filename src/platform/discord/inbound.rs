@@ -10,12 +10,10 @@
 //! replays dispatches) and events from before the start; a slash command that was already
 //! acknowledged cannot be acknowledged again, so a replayed one is dropped at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use serde_json::json;
 use serenity::all::{CommandInteraction, Message};
-use tokio::sync::mpsc;
 
 use super::admins::{Admins, Rights};
 use super::outbound::DiscordOutbound;
@@ -23,6 +21,7 @@ use super::slash::{self, Request};
 use super::trigger::{self, Addressing};
 use crate::config::DiscordConfig;
 use crate::core::manager::{Disposition, Manager};
+use crate::lanes::{self, Lanes};
 use crate::platform::{
     ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound, download,
 };
@@ -62,7 +61,7 @@ pub struct Receiver {
     started_ms: i64,
     downloads: reqwest::Client,
     allow_plain_http_files: bool,
-    channels: Mutex<HashMap<u64, mpsc::UnboundedSender<Work>>>,
+    channels: Lanes<u64, Work>,
 }
 
 impl Receiver {
@@ -84,14 +83,8 @@ impl Receiver {
             bot_id,
             downloads,
             allow_plain_http_files,
-            channels: Mutex::new(HashMap::new()),
+            channels: Lanes::new(lanes::IDLE),
         }
-    }
-
-    fn channels(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Work>>> {
-        self.channels
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A message from the gateway; returns at once.
@@ -228,24 +221,11 @@ impl Receiver {
     }
 
     fn queue(self: &Arc<Self>, channel: u64, work: Work) {
-        let mut channels = self.channels();
-        let work = match channels.get(&channel) {
-            Some(queue) => match queue.send(work) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(work)) => work,
-            },
-            None => work,
-        };
-        let (sender, mut queue) = mpsc::unbounded_channel();
         let receiver = self.clone();
-        tokio::spawn(async move {
-            while let Some(work) = queue.recv().await {
-                receiver.process(work).await;
-            }
+        self.channels.push(channel, work, move |work| {
+            let receiver = receiver.clone();
+            async move { receiver.process(work).await }
         });
-        // The worker holds the other end: this cannot fail.
-        let _ = sender.send(work);
-        channels.insert(channel, sender);
     }
 
     async fn process(&self, work: Work) {

@@ -21,12 +21,12 @@ use matrix_sdk::ruma::events::{
 };
 use matrix_sdk::ruma::{Int, OwnedRoomId, OwnedUserId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
-use tokio::sync::mpsc;
 
 use super::outbound::MatrixOutbound;
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
 use crate::config::MatrixConfig;
 use crate::core::manager::{Manager, now_ms};
+use crate::lanes::{self, Lanes};
 use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound};
 use crate::poe::FileSource;
 
@@ -45,7 +45,7 @@ pub struct Receiver {
     user_id: OwnedUserId,
     max_attachment_bytes: u64,
     started_ms: i64,
-    rooms: Mutex<HashMap<OwnedRoomId, mpsc::UnboundedSender<OriginalSyncRoomMessageEvent>>>,
+    rooms: Lanes<OwnedRoomId, OriginalSyncRoomMessageEvent>,
     /// Rooms joined while running, with the time of joining: what was said there before the
     /// bot came in is not for it, even if it arrives with the join.
     joined_at: Mutex<HashMap<OwnedRoomId, i64>>,
@@ -76,7 +76,7 @@ impl Receiver {
             names,
             user_id,
             max_attachment_bytes,
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Lanes::new(lanes::IDLE),
             joined_at: Mutex::new(HashMap::new()),
         }
     }
@@ -117,25 +117,14 @@ impl Receiver {
             tracing::debug!(event = %event.event_id, "ignoring an event from before the start or the join");
             return;
         }
-        let mut rooms = lock(&self.rooms);
-        let event = match rooms.get(room.room_id()) {
-            Some(queue) => match queue.send(event) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(event)) => event,
-            },
-            None => event,
-        };
-        let (sender, mut queue) = mpsc::unbounded_channel();
         let receiver = self.clone();
         let worker_room = room.clone();
-        tokio::spawn(async move {
-            while let Some(event) = queue.recv().await {
-                receiver.process(event, &worker_room).await;
-            }
-        });
-        // The worker holds the other end: this cannot fail.
-        let _ = sender.send(event);
-        rooms.insert(room.room_id().to_owned(), sender);
+        self.rooms
+            .push(room.room_id().to_owned(), event, move |event| {
+                let receiver = receiver.clone();
+                let room = worker_room.clone();
+                async move { receiver.process(event, &room).await }
+            });
     }
 
     async fn process(&self, event: OriginalSyncRoomMessageEvent, room: &Room) {
