@@ -19,6 +19,7 @@ use serde_json::json;
 
 use support::KEY;
 use support::bot_process::BotProcess;
+use support::key_delay::KeyDelayProxy;
 use support::matrix_human::{Human, Shown};
 use support::synapse::{self, Synapse, SynapseOptions};
 
@@ -296,6 +297,52 @@ async fn a_mention_gets_a_streamed_answer_in_a_plain_room() {
 #[tokio::test]
 async fn a_mention_gets_a_streamed_answer_in_an_encrypted_room() {
     a_mention_gets_a_streamed_answer(true).await;
+}
+
+/// The key that opens a message can reach the bot after the message (a slow federation
+/// link, a client that shares lazily): the message waits for it and is answered then.
+#[tokio::test]
+async fn a_message_whose_key_comes_late_is_answered_when_it_comes() {
+    let mut world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", streamed(ANSWER, 40, 20));
+    let proxy = KeyDelayProxy::start(&world.synapse.base_url).await;
+    world.synapse.register("bob", "bob-password", false).await;
+    let bob = Human::login(&proxy.base_url, "bob", "bob-password").await;
+    let room = world.room(true, &[&bob]).await;
+
+    proxy.hold();
+    let trigger = bob
+        .mention(&room, &world.bot_id, "poebot: explain ownership")
+        .await;
+    assert!(proxy.held() > 0, "Bob's client shared no room key");
+    world
+        .bot()
+        .wait_for_log("cannot decrypt a message yet", 1, WAIT)
+        .await;
+    // Give the bot a moment in which an answer without the key would show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        world.contexts().is_empty(),
+        "Poe was asked without the question"
+    );
+
+    proxy.release().await;
+    let shown = bob
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            shown.iter().any(|message| message.text == ANSWER)
+        })
+        .await;
+    assert_eq!(answer_to(&shown, trigger.as_str()).len(), 1, "{shown:#?}");
+    let contexts = world.contexts();
+    assert_eq!(contexts.len(), 1);
+    assert_eq!(
+        contexts[0].last().map(String::as_str),
+        Some("bob: explain ownership")
+    );
+    world
+        .bot()
+        .wait_for_log("decrypted a message once its key arrived", 1, WAIT)
+        .await;
 }
 
 #[tokio::test]

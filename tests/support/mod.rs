@@ -5,6 +5,7 @@
 pub mod bot_process;
 pub mod discord_world;
 pub mod fake_discord;
+pub mod key_delay;
 pub mod matrix_human;
 pub mod synapse;
 

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
 use matrix_sdk::ruma::events::room::MediaSource;
-use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
+use matrix_sdk::ruma::events::room::encrypted::{
+    EncryptedEventScheme, OriginalSyncRoomEncryptedEvent,
+};
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
@@ -19,9 +21,11 @@ use matrix_sdk::ruma::events::room::power_levels::UserPowerLevel;
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
 };
+use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{Int, OwnedRoomId, OwnedUserId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 
+use super::late_keys::LateKeys;
 use super::outbound::MatrixOutbound;
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
 use crate::config::MatrixConfig;
@@ -49,6 +53,7 @@ pub struct Receiver {
     /// Rooms joined while running, with the time of joining: what was said there before the
     /// bot came in is not for it, even if it arrives with the join.
     joined_at: Mutex<HashMap<OwnedRoomId, i64>>,
+    late_keys: LateKeys,
 }
 
 /// A file on a message, before it is fetched.
@@ -78,6 +83,7 @@ impl Receiver {
             max_attachment_bytes,
             rooms: Lanes::new(lanes::IDLE),
             joined_at: Mutex::new(HashMap::new()),
+            late_keys: LateKeys::default(),
         }
     }
 
@@ -85,18 +91,62 @@ impl Receiver {
         &self.user_id
     }
 
-    /// An event the bot cannot read (yet): without its room key there is no question to
-    /// answer. Logged, so an operator can see why someone got no answer.
-    pub fn undecryptable(&self, event: &OriginalSyncRoomEncryptedEvent, room: &Room) {
-        if i64::from(event.origin_server_ts.0) < self.started_ms {
+    /// An event the bot cannot read yet: its room key may still be on its way, so it waits
+    /// for the key (see [`LateKeys`]). Logged, so an operator can see why an answer is late
+    /// or missing.
+    pub fn undecryptable(&self, raw: Raw<OriginalSyncRoomEncryptedEvent>, room: Room) {
+        let event = match raw.deserialize() {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::debug!(%err, "matrix: ignoring a malformed encrypted event");
+                return;
+            }
+        };
+        if i64::from(event.origin_server_ts.0) < self.started_ms || event.sender == self.user_id {
             return;
         }
+        let EncryptedEventScheme::MegolmV1AesSha2(megolm) = &event.content.scheme else {
+            tracing::warn!(room = %room.room_id(), event = %event.event_id, "matrix: a room message is not encrypted with megolm; it is not answered");
+            return;
+        };
         tracing::warn!(
             room = %room.room_id(),
             event = %event.event_id,
             sender = %event.sender,
-            "matrix: cannot decrypt a message (the sender's client did not share its key with this device); it is not answered"
+            "matrix: cannot decrypt a message yet (the sender's client has not shared its key with this device); it is answered if the key comes within 10 minutes"
         );
+        self.late_keys.hold(room, megolm.session_id.clone(), raw);
+    }
+
+    /// Decrypts the waiting messages that newly arrived `keys` open, and handles them as if
+    /// they had just come; all of them are tried when `keys` is `None`.
+    pub async fn retry_decryption(self: &Arc<Self>, keys: Option<&[(OwnedRoomId, String)]>) {
+        for held in self.late_keys.opened_by(keys) {
+            let decrypted = match held.room.decrypt_event(&held.event, None).await {
+                Ok(decrypted) if !decrypted.kind.is_utd() => decrypted,
+                Ok(_) => {
+                    self.late_keys.keep(held);
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "matrix: cannot decrypt a message whose key arrived");
+                    continue;
+                }
+            };
+            let raw = decrypted.raw();
+            if raw.get_field::<String>("type").ok().flatten().as_deref() != Some("m.room.message") {
+                continue;
+            }
+            match raw.deserialize_as_unchecked::<OriginalSyncRoomMessageEvent>() {
+                Ok(message) => {
+                    tracing::info!(room = %held.room.room_id(), event = %message.event_id, "matrix: decrypted a message once its key arrived");
+                    self.accept(message, held.room);
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "matrix: ignoring a malformed message that was decrypted late");
+                }
+            }
+        }
     }
 
     /// Called by the sync loop for every room message; returns at once.

@@ -9,6 +9,7 @@
 
 pub mod content;
 pub mod inbound;
+pub mod late_keys;
 pub mod outbound;
 pub mod session;
 pub mod trigger;
@@ -16,13 +17,15 @@ pub mod trigger;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use matrix_sdk::config::SyncSettings;
-use matrix_sdk::ruma::UInt;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::OriginalSyncRoomMessageEvent;
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{OwnedRoomId, UInt};
 use matrix_sdk::{Client, Room};
 use tokio::sync::watch;
 
@@ -146,11 +149,21 @@ impl Matrix {
         });
         client.add_event_handler({
             let receiver = receiver.clone();
-            move |event: OriginalSyncRoomEncryptedEvent, room: Room| {
-                receiver.undecryptable(&event, &room);
+            move |event: Raw<OriginalSyncRoomEncryptedEvent>, room: Room| {
+                receiver.undecryptable(event, room);
                 async {}
             }
         });
+        if let Some(keys) = client.encryption().room_keys_received_stream().await {
+            let keys = keys.map(|update| {
+                update.map(|keys| {
+                    keys.iter()
+                        .map(|key| (key.room_id.clone(), key.session_id.clone()))
+                        .collect::<Vec<_>>()
+                })
+            });
+            tokio::spawn(retry_on_new_keys(keys, receiver.clone(), shutdown.clone()));
+        }
         client.add_event_handler({
             let receiver = receiver.clone();
             move |event: StrippedRoomMemberEvent, room: Room| {
@@ -204,6 +217,28 @@ impl Matrix {
             }
         }
         tracing::info!("matrix: stopped syncing");
+    }
+}
+
+/// Tries the messages that wait for a room key again whenever keys arrive, until
+/// `shutdown`.
+async fn retry_on_new_keys<E>(
+    keys: impl Stream<Item = Result<Vec<(OwnedRoomId, String)>, E>>,
+    receiver: Arc<Receiver>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut keys = std::pin::pin!(keys);
+    loop {
+        let update = tokio::select! {
+            update = keys.next() => update,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        match update {
+            Some(Ok(keys)) => receiver.retry_decryption(Some(&keys)).await,
+            // Some updates were missed: any waiting message may be readable now.
+            Some(Err(_)) => receiver.retry_decryption(None).await,
+            None => return,
+        }
     }
 }
 
