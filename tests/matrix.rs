@@ -13,6 +13,7 @@ use matrix_sdk::ruma::events::room::message::{
     ImageMessageEventContent, Relation, RoomMessageEventContent, TextMessageEventContent,
 };
 use matrix_sdk::ruma::{OwnedUserId, UserId};
+use matrix_sdk_crypto::CollectStrategy;
 use poe_relay::fake_poe::{FakePoe, Scenario};
 use reqwest::Method;
 use serde_json::json;
@@ -343,6 +344,61 @@ async fn a_message_whose_key_comes_late_is_answered_when_it_comes() {
         .bot()
         .wait_for_log("decrypted a message once its key arrived", 1, WAIT)
         .await;
+}
+
+/// Some clients share room keys only with devices their owner has cross-signed (MSC4153,
+/// "exclude insecure devices"). The bot signs its own device, so they can talk to it.
+#[tokio::test]
+async fn a_client_that_shares_keys_only_with_signed_devices_is_answered() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", streamed(ANSWER, 40, 20));
+    world.synapse.register("bob", "bob-password", false).await;
+    let bob = Human::login_careful(
+        &world.synapse.base_url,
+        "bob",
+        "bob-password",
+        CollectStrategy::IdentityBasedStrategy,
+    )
+    .await;
+    let room = world.room(true, &[&bob]).await;
+    // The bot signs its device just after logging in; Bob's client learns of it from the
+    // homeserver, as any client would.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let _ = bob
+            .client
+            .encryption()
+            .request_user_identity(&world.bot_id)
+            .await;
+        let devices = bob
+            .client
+            .encryption()
+            .get_user_devices(&world.bot_id)
+            .await
+            .expect("the bot's devices");
+        if devices
+            .devices()
+            .any(|device| device.is_cross_signed_by_owner())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bot's device is not cross-signed by its owner"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let trigger = bob
+        .mention(&room, &world.bot_id, "poebot: explain ownership")
+        .await;
+    let shown = bob
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            shown.iter().any(|message| message.text == ANSWER)
+        })
+        .await;
+    assert_eq!(answer_to(&shown, trigger.as_str()).len(), 1, "{shown:#?}");
+    assert!(answer_to(&shown, trigger.as_str())[0].encrypted);
 }
 
 #[tokio::test]

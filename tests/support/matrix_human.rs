@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::encryption::EncryptionSettings;
 use matrix_sdk::event_handler::RawEvent;
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
 use matrix_sdk::ruma::events::InitialStateEvent;
@@ -15,6 +16,7 @@ use matrix_sdk::ruma::events::room::message::{
 };
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use matrix_sdk::{Client, Room};
+use matrix_sdk_crypto::CollectStrategy;
 use serde_json::Value;
 
 /// One `m.room.message` as a client received it.
@@ -60,10 +62,41 @@ impl Drop for Human {
 impl Human {
     /// Logs in on `homeserver` and starts syncing.
     pub async fn login(homeserver: &str, user: &str, password: &str) -> Human {
+        Self::login_with(homeserver, user, password, None).await
+    }
+
+    /// Logs in as a careful client: it cross-signs its own device and gives its room keys
+    /// only to the devices `sharing` allows.
+    pub async fn login_careful(
+        homeserver: &str,
+        user: &str,
+        password: &str,
+        sharing: CollectStrategy,
+    ) -> Human {
+        let human = Self::login_with(homeserver, user, password, Some(sharing)).await;
+        human
+            .client
+            .encryption()
+            .wait_for_e2ee_initialization_tasks()
+            .await;
+        human
+    }
+
+    async fn login_with(
+        homeserver: &str,
+        user: &str,
+        password: &str,
+        careful: Option<CollectStrategy>,
+    ) -> Human {
         let store = tempfile::tempdir().expect("tempdir for the test client");
         let client = Client::builder()
             .homeserver_url(homeserver)
             .sqlite_store(store.path(), None)
+            .with_encryption_settings(EncryptionSettings {
+                auto_enable_cross_signing: careful.is_some(),
+                ..EncryptionSettings::default()
+            })
+            .with_room_key_recipient_strategy(careful.unwrap_or_default())
             .build()
             .await
             .expect("test client");

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::encryption::EncryptionSettings;
 use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedUserId};
 use matrix_sdk::store::RoomLoadSettings;
@@ -63,6 +64,13 @@ pub async fn open(
     let client = Client::builder()
         .homeserver_url(&config.homeserver)
         .sqlite_store(&store, store_passphrase.map(Secret::expose))
+        // Clients that share room keys only with devices their owner has signed (MSC4153)
+        // would otherwise never let the bot read their messages. The keys are made once,
+        // at the first login (or the first start after an upgrade), if the account has none.
+        .with_encryption_settings(EncryptionSettings {
+            auto_enable_cross_signing: true,
+            ..EncryptionSettings::default()
+        })
         .build()
         .await
         .map_err(|err| MatrixError::Connect(err.to_string()))?;
