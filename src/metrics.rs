@@ -57,6 +57,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Budget points by stage (reserved, settled, reconciled) and model.",
     ),
     (
+        "poe_relay_refusals_total",
+        "counter",
+        "Questions answered with a refusal instead of asking Poe, by reason.",
+    ),
+    (
         "poe_relay_active_conversations",
         "gauge",
         "Replies being streamed now.",
@@ -183,6 +188,15 @@ impl Metrics {
             "poe_relay_points_total",
             vec![("stage", stage.to_owned()), ("model", model.to_owned())],
             points as f64,
+        );
+    }
+
+    /// `reason` is `over_budget`, `question_too_long`, `file_too_large` or `store_error`.
+    pub fn refusal(&self, reason: &'static str) {
+        self.add(
+            "poe_relay_refusals_total",
+            vec![("reason", reason.to_owned())],
+            1.0,
         );
     }
 

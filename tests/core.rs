@@ -16,7 +16,7 @@ use poe_relay::platform::{ChannelKey, InboundFile, Outbound, PlatformError};
 use poe_relay::poe::{FileSource, Transport};
 use poe_relay::store::LedgerState;
 use serde_json::json;
-use support::{KEY, command, core_config, core_with, message, quick_platform};
+use support::{CoreSetup, KEY, command, core_config, core_with, message, quick_platform};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -383,6 +383,20 @@ async fn fifty_concurrent_requests_by_one_user_cannot_overspend() {
         .filter(|m| m.text.contains("resets at"))
         .count();
     assert_eq!(refused, 17);
+    assert_eq!(refusals(&setup, "over_budget"), 17);
+}
+
+/// What `/metrics` counts as refused for `reason`.
+fn refusals(setup: &CoreSetup, reason: &str) -> usize {
+    let series = format!("poe_relay_refusals_total{{reason=\"{reason}\"}} ");
+    setup
+        .manager
+        .services()
+        .metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |count| count.parse().expect("a count"))
 }
 
 #[tokio::test]
@@ -713,6 +727,7 @@ async fn attachments_go_to_poe_with_the_question() {
     setup.manager.handle(huge, out(&setup.platform)).await;
     shown_with(&setup.platform, "c", "Send a smaller file").await;
     assert_eq!(fake.chat_requests("echo").len(), 1);
+    assert_eq!(refusals(&setup, "file_too_large"), 1);
 }
 
 #[tokio::test]
@@ -739,6 +754,7 @@ async fn an_overlong_question_gets_a_note_and_poe_is_not_asked() {
         .await;
     shown_with(&setup.platform, "c", &exactly).await;
     assert_eq!(fake.chat_requests("echo").len(), 1);
+    assert_eq!(refusals(&setup, "question_too_long"), 1);
 }
 
 #[tokio::test]

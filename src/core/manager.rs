@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::FutureExt;
 use tokio::sync::{Semaphore, watch};
 
-use super::budget::{Budgets, Spender};
+use super::budget::{BudgetError, Budgets, Spender};
 use super::catalog::Catalog;
 use super::commands::{self, Command};
 use super::cost::Price;
@@ -389,6 +389,25 @@ impl Manager {
         }
     }
 
+    /// Answers a question with `text` instead of asking Poe; counted and logged with
+    /// `reason`, like the turn line of a turn that ran.
+    async fn refuse(
+        &self,
+        out: &Arc<dyn Outbound>,
+        inbound: &Inbound,
+        reason: &'static str,
+        text: String,
+    ) {
+        self.inner.services.metrics.refusal(reason);
+        tracing::info!(
+            channel = %inbound.channel,
+            user = %inbound.user_id,
+            reason,
+            "question refused"
+        );
+        self.post(out, inbound, text, false).await;
+    }
+
     /// One conversation turn.
     async fn converse(&self, inbound: &Inbound, out: &Arc<dyn Outbound>) {
         let services = &self.inner.services;
@@ -401,7 +420,7 @@ impl Manager {
                 "Your message is {question_chars} characters long; the bot takes questions of up to {} characters. Shorten it, or send the text as a file.",
                 config.chat.max_question_chars
             );
-            self.post(out, inbound, text, false).await;
+            self.refuse(out, inbound, "question_too_long", text).await;
             return;
         }
         if let Some(file) = inbound
@@ -415,20 +434,15 @@ impl Manager {
                 file.size.div_ceil(1 << 20),
                 config.chat.max_attachment_bytes >> 20
             );
-            self.post(out, inbound, text, false).await;
+            self.refuse(out, inbound, "file_too_large", text).await;
             return;
         }
         let settings = match services.store.channel_settings(channel) {
             Ok(settings) => settings,
             Err(err) => {
                 tracing::error!(%err, "cannot read channel settings");
-                self.post(
-                    out,
-                    inbound,
-                    "The bot cannot read its records right now. Try again later.".into(),
-                    false,
-                )
-                .await;
+                let text = "The bot cannot read its records right now. Try again later.";
+                self.refuse(out, inbound, "store_error", text.into()).await;
                 return;
             }
         };
@@ -481,8 +495,12 @@ impl Manager {
         {
             Ok(reservation) => reservation,
             Err(err) => {
-                self.post(out, inbound, err.user_message(config.budget.period), false)
-                    .await;
+                let reason = match err {
+                    BudgetError::Over { .. } => "over_budget",
+                    BudgetError::Store(_) => "store_error",
+                };
+                let text = err.user_message(config.budget.period);
+                self.refuse(out, inbound, reason, text).await;
                 return;
             }
         };
