@@ -1123,3 +1123,145 @@ async fn a_stop_ends_running_replies_and_starts_nothing_new() {
         Disposition::ShuttingDown
     );
 }
+
+/// A platform adapter with a bug that strikes once: it panics the first time it is asked
+/// to show a message containing "boom", or (`in_files`) to post any file.
+struct PanickyOutbound {
+    platform: MemoryPlatform,
+    in_files: bool,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PanickyOutbound {
+    fn shared(platform: &MemoryPlatform, in_files: bool) -> Arc<dyn Outbound> {
+        Arc::new(PanickyOutbound {
+            platform: platform.clone(),
+            in_files,
+            armed: true.into(),
+        })
+    }
+
+    fn strike(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("an adapter bug");
+        }
+    }
+
+    fn check(&self, text: &str) {
+        if !self.in_files && text.contains("boom") {
+            self.strike();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbound for PanickyOutbound {
+    fn limits(&self) -> poe_relay::platform::Limits {
+        self.platform.limits()
+    }
+
+    async fn send(
+        &self,
+        channel: &ChannelKey,
+        message: poe_relay::platform::OutMessage,
+    ) -> Result<poe_relay::platform::MessageId, PlatformError> {
+        self.check(&message.text);
+        self.platform.send(channel, message).await
+    }
+
+    async fn edit(
+        &self,
+        channel: &ChannelKey,
+        message: &poe_relay::platform::MessageId,
+        text: &str,
+    ) -> Result<(), PlatformError> {
+        self.check(text);
+        self.platform.edit(channel, message, text).await
+    }
+
+    async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError> {
+        self.platform.typing(channel).await
+    }
+
+    async fn send_file(
+        &self,
+        channel: &ChannelKey,
+        file: &poe_relay::platform::OutFile,
+        reply_to: Option<&str>,
+    ) -> Result<Option<poe_relay::platform::MessageId>, PlatformError> {
+        if self.in_files {
+            self.strike();
+        }
+        self.platform.send_file(channel, file, reply_to).await
+    }
+}
+
+#[tokio::test]
+async fn a_turn_that_panics_is_closed_and_its_channel_goes_on() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = PanickyOutbound::shared(&setup.platform, false);
+    setup
+        .manager
+        .handle(message("c", "ann", "boom"), out.clone())
+        .await;
+    // The broken reply is closed as after a crash: it says so, and its points went back.
+    shown_with(&setup.platform, "c", "cut off by an error in the bot").await;
+    settled(&setup).await;
+    let ledger = setup.store.ledger_since(0).unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].state, LedgerState::Released);
+    // The channel's worker lived through the panic and answers the next question.
+    setup
+        .manager
+        .handle(message("c", "ann", "after the bug"), out.clone())
+        .await;
+    shown_with(&setup.platform, "c", "after the bug").await;
+    settled(&setup).await;
+    assert_eq!(fake.chat_requests("echo").len(), 2);
+    // The broken turn is not counted as running for ever: a stop has nothing to cut short.
+    let report = setup.manager.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.interrupted, 0, "{report:?}");
+}
+
+/// The same bug outside the streaming (posting an image bot's file): the turn is closed
+/// the same way.
+#[tokio::test]
+async fn a_turn_that_panics_while_posting_a_file_is_closed_too() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script(
+        "Imagen-4",
+        Scenario::Media {
+            url: "https://pfst.example/cat.png".into(),
+            content_type: "image/png".into(),
+            name: "cat.png".into(),
+        },
+    );
+    let mut config = core_config(&fake);
+    config.chat.default_model = "Imagen-4".into();
+    let setup = core_with(config, quick_platform());
+    let out = PanickyOutbound::shared(&setup.platform, true);
+    setup
+        .manager
+        .handle(message("c", "ann", "a cat"), out.clone())
+        .await;
+    let shown = shown_with(&setup.platform, "c", "cut off by an error in the bot").await;
+    assert!(shown[0].text.contains("cat.png"), "{}", shown[0].text);
+    settled(&setup).await;
+    assert_eq!(
+        setup.store.ledger_since(0).unwrap()[0].state,
+        LedgerState::Released
+    );
+    setup
+        .manager
+        .handle(message("c", "ann", "another"), out.clone())
+        .await;
+    assert!(
+        setup
+            .platform
+            .wait_for(WAIT, |messages| messages.len() == 2)
+            .await
+    );
+    let report = setup.manager.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.interrupted, 0, "{report:?}");
+}

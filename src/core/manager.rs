@@ -116,6 +116,14 @@ enum Slot {
 /// How many channel pacers are kept before idle ones are dropped.
 const PRUNE_PACERS_AT: usize = 1_024;
 
+/// The note on a reply found unfinished after a restart.
+const RESTARTED_NOTICE: &str =
+    "⚠️ This answer was interrupted: the bot restarted. Ask again to get a full answer.";
+
+/// The note on a reply cut short by a bug in the bot.
+const FAILED_NOTICE: &str =
+    "⚠️ This answer was cut off by an error in the bot. Ask again to get a full answer.";
+
 /// The note that ends a reply cut short by a stop.
 const STOPPING_NOTICE: &str =
     "⚠️ Interrupted: the bot is restarting. Ask again in a minute to get a full answer.";
@@ -339,8 +347,61 @@ impl Manager {
             .await;
         if outcome.is_err() {
             tracing::error!(channel = %job.inbound.channel, "a conversation turn failed unexpectedly (a bug); the channel goes on");
+            self.clean_up_after_panic(&job).await;
         }
         self.update_busy(|busy| busy.running -= 1);
+    }
+
+    /// Ends the message of a reply whose render task failed with a note, from what its
+    /// in-flight record says the chat shows.
+    async fn close_crashed_reply(&self, out: &Arc<dyn Outbound>, inflight_id: u64) {
+        let record = match self.inner.services.store.inflight_replies() {
+            Ok(records) => records.into_iter().find(|record| record.id == inflight_id),
+            Err(err) => {
+                tracing::error!(%err, "cannot read replies left in flight");
+                None
+            }
+        };
+        let Some(record) = record else {
+            return;
+        };
+        let noted =
+            std::panic::AssertUnwindSafe(self.mark_interrupted(out, &record, FAILED_NOTICE))
+                .catch_unwind()
+                .await;
+        if noted.is_err() {
+            tracing::error!(channel = %record.channel, "cannot mark a failed reply either");
+        }
+    }
+
+    /// A turn that panicked left its in-flight record and reservation behind: the points go
+    /// back and its message ends with a note, as after a crash. The channel runs one turn
+    /// at a time, so its records are this turn's.
+    async fn clean_up_after_panic(&self, job: &Job) {
+        let records = match self.inner.services.store.inflight_replies() {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::error!(%err, "cannot read replies left in flight");
+                return;
+            }
+        };
+        for record in records {
+            if record.channel != job.inbound.channel {
+                continue;
+            }
+            self.release_interrupted(&record);
+            // The bug may lie in the platform itself.
+            let noted = std::panic::AssertUnwindSafe(self.mark_interrupted(
+                &job.out,
+                &record,
+                FAILED_NOTICE,
+            ))
+            .catch_unwind()
+            .await;
+            if noted.is_err() {
+                tracing::error!(channel = %record.channel, "cannot mark a failed reply either");
+            }
+        }
     }
 
     async fn work(&self, job: &Job) {
@@ -645,6 +706,9 @@ impl Manager {
             (None, false) => Ending::Complete,
         };
         let report = renderer.finish(ending).await;
+        if report.crashed {
+            self.close_crashed_reply(out, inflight.id).await;
+        }
         for file in &files {
             if let Err(err) = out.send_file(channel, file, Some(&inbound.event_id)).await {
                 // The answer's text links to the file, so the user still has it.
@@ -665,7 +729,7 @@ impl Manager {
                 tracing::error!(%err, "cannot record the answer");
             }
         }
-        let settled = if interrupted || (answer.is_empty() && failure.is_some()) {
+        let settled = if interrupted || report.crashed || (answer.is_empty() && failure.is_some()) {
             // Nothing was produced (Poe does not charge refused or failed requests), or the
             // reply was cut short by a stop: give the reservation back; reconciliation brings
             // in whatever Poe charged.
@@ -698,6 +762,7 @@ impl Manager {
         }
         let outcome = match &failure {
             _ if interrupted => "interrupted",
+            _ if report.crashed => "internal_error",
             None if answer.is_empty() => "empty",
             None => "ok",
             Some(err) => err.kind(),
@@ -754,16 +819,9 @@ impl Manager {
         let mut recovered = 0;
         for record in records {
             if let Some(out) = platforms.get(&record.channel.platform) {
-                self.mark_interrupted(out, &record).await;
+                self.mark_interrupted(out, &record, RESTARTED_NOTICE).await;
             }
-            if let Some(ledger_id) = record.ledger_id
-                && let Err(err) = services.budgets.release(ledger_id, now_ms())
-            {
-                tracing::error!(%err, "cannot release an interrupted reservation");
-            }
-            if let Err(err) = services.store.remove_inflight(record.id) {
-                tracing::error!(%err, "cannot clear an interrupted reply");
-            }
+            self.release_interrupted(&record);
             recovered += 1;
         }
         // A crash between reserving and recording the reply leaves a reservation with no
@@ -790,10 +848,26 @@ impl Manager {
 
     /// Tells the channel an answer was cut off: a final edit of its last message when the
     /// notice fits, otherwise a new message in reply to the question.
-    async fn mark_interrupted(&self, out: &Arc<dyn Outbound>, record: &InflightReply) {
+    /// Gives back the reservation of a reply that will not finish, and forgets its record.
+    fn release_interrupted(&self, record: &InflightReply) {
+        let services = &self.inner.services;
+        if let Some(ledger_id) = record.ledger_id
+            && let Err(err) = services.budgets.release(ledger_id, now_ms())
+        {
+            tracing::error!(%err, "cannot release an interrupted reservation");
+        }
+        if let Err(err) = services.store.remove_inflight(record.id) {
+            tracing::error!(%err, "cannot clear an interrupted reply");
+        }
+    }
+
+    async fn mark_interrupted(
+        &self,
+        out: &Arc<dyn Outbound>,
+        record: &InflightReply,
+        notice: &str,
+    ) {
         let limits = out.limits();
-        let notice =
-            "⚠️ This answer was interrupted: the bot restarted. Ask again to get a full answer.";
         let amended = format!("{}\n\n{notice}", record.last_text);
         let fits = crate::core::render::split::measure(&amended, limits.length_unit)
             <= limits.max_message_len;

@@ -85,6 +85,9 @@ pub struct RenderReport {
     pub failed_calls: u32,
     /// A platform refused for good; some text may be missing from the chat.
     pub gave_up: bool,
+    /// The render task itself failed (a bug, perhaps in an adapter): the chat may show an
+    /// unfinished message, or none.
+    pub crashed: bool,
 }
 
 /// Awaited before every edit of the newest message, with the messages so far and the text
@@ -173,6 +176,7 @@ impl Renderer {
                 tracing::error!(%err, "the render task failed");
                 RenderReport {
                     gave_up: true,
+                    crashed: true,
                     ..RenderReport::default()
                 }
             }
