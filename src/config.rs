@@ -101,10 +101,13 @@ impl Default for ChatConfig {
     }
 }
 
-/// Point budgets per user.
 /// The ledger must outlive the longest budget period and reconciliation's look-back.
 const MIN_LEDGER_RETENTION_DAYS: u64 = 35;
 
+/// A century: "keep for ever" without overflowing the arithmetic on dates.
+const MAX_RETENTION_DAYS: u64 = 36_500;
+
+/// Point budgets per user.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetConfig {
@@ -626,6 +629,23 @@ impl Config {
                 ),
             );
         }
+        for (key, days) in [
+            (
+                "chat.history_retention_days",
+                self.chat.history_retention_days,
+            ),
+            (
+                "budget.ledger_retention_days",
+                self.budget.ledger_retention_days,
+            ),
+        ] {
+            if days > MAX_RETENTION_DAYS {
+                problem(
+                    key,
+                    &format!("must be at most {MAX_RETENTION_DAYS} (a century)"),
+                );
+            }
+        }
         if self.service.shutdown_grace_secs > 3600 {
             problem(
                 "service.shutdown_grace_secs",
@@ -831,6 +851,10 @@ mod tests {
             "{err}"
         );
         assert!(load_str("[budget]\nledger_retention_days = 35\n", &[]).is_ok());
+        let err = load_str("[budget]\nledger_retention_days = 9999999999\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be at most 36500"), "{err}");
     }
 
     #[test]

@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 /// How long a worker waits for more work before it ends.
@@ -107,17 +109,24 @@ where
                         }
                     }
                 };
-                handle(item).await;
+                // A bug in one item must not end the worker and drop the items behind it.
+                if AssertUnwindSafe(handle(item)).catch_unwind().await.is_err() {
+                    tracing::error!(
+                        "a queued piece of work failed unexpectedly (a bug); its queue goes on"
+                    );
+                }
             }
         });
     }
 
     /// How many workers are alive.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         locked(&self.senders).len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -191,6 +200,25 @@ mod tests {
         wait_until(|| seen.lock().unwrap().len() == 3).await;
         assert_eq!(seen.lock().unwrap()[2], (7, 1));
         wait_until(|| lanes.is_empty()).await;
+    }
+
+    #[tokio::test]
+    async fn an_item_that_panics_does_not_take_the_items_behind_it() {
+        let lanes = Lanes::new(IDLE);
+        let seen = Seen::default();
+        for n in 0..3u32 {
+            let seen = seen.clone();
+            lanes.push(1u32, n, move |n| {
+                let seen = seen.clone();
+                async move {
+                    assert_ne!(n, 1, "a bug");
+                    seen.lock().unwrap().push((1, n));
+                }
+            });
+        }
+        wait_until(|| seen.lock().unwrap().len() == 2).await;
+        assert_eq!(*seen.lock().unwrap(), vec![(1, 0), (1, 2)]);
+        assert_eq!(lanes.len(), 1, "the same worker goes on");
     }
 
     /// Items pushed while workers keep ending (an idle time of 1 ms) are each handled

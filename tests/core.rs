@@ -1205,9 +1205,11 @@ async fn a_turn_that_panics_is_closed_and_its_channel_goes_on() {
         .manager
         .handle(message("c", "ann", "boom"), out.clone())
         .await;
-    // The broken reply is closed as after a crash: it says so, and its points went back.
+    // The broken reply is closed as after a crash: it says so, once, and its points went
+    // back.
     shown_with(&setup.platform, "c", "cut off by an error in the bot").await;
     settled(&setup).await;
+    assert_eq!(notes_of_errors(&setup), 1);
     let ledger = setup.store.ledger_since(0).unwrap();
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].state, LedgerState::Released);
@@ -1222,6 +1224,16 @@ async fn a_turn_that_panics_is_closed_and_its_channel_goes_on() {
     // The broken turn is not counted as running for ever: a stop has nothing to cut short.
     let report = setup.manager.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.interrupted, 0, "{report:?}");
+}
+
+/// How many messages say a reply was cut off by an error.
+fn notes_of_errors(setup: &CoreSetup) -> usize {
+    setup
+        .platform
+        .all_messages()
+        .iter()
+        .filter(|message| message.text.contains("cut off by an error in the bot"))
+        .count()
 }
 
 /// The same bug outside the streaming (posting an image bot's file): the turn is closed
@@ -1248,6 +1260,7 @@ async fn a_turn_that_panics_while_posting_a_file_is_closed_too() {
     let shown = shown_with(&setup.platform, "c", "cut off by an error in the bot").await;
     assert!(shown[0].text.contains("cat.png"), "{}", shown[0].text);
     settled(&setup).await;
+    assert_eq!(notes_of_errors(&setup), 1);
     assert_eq!(
         setup.store.ledger_since(0).unwrap()[0].state,
         LedgerState::Released

@@ -241,8 +241,8 @@ async fn a_mention_gets_a_streamed_answer(encrypted: bool) {
     world.fake.script("echo", streamed(ANSWER, 8, 100));
     let bob = world.human("bob").await;
     let room = world.room(encrypted, &[&bob]).await;
-    // Synapse 1.163 creates room version 12, whose ids have no server part: the bot
-    // must answer there without reading anything into the id.
+    // Rooms are created as version 12, whose ids have no server part: the bot must answer
+    // there without reading anything into the id.
     assert!(
         !room.as_str().contains(':'),
         "expected a room version 12 id, got {room}"

@@ -8,6 +8,7 @@
 //! start ([`Manager::recover`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -113,6 +114,9 @@ enum Slot {
     Queued,
 }
 
+/// How often retention (expired turns, ledger entries, seen events) runs.
+const RETENTION_EVERY_MS: i64 = 3_600_000;
+
 /// How many channel pacers are kept before idle ones are dropped.
 const PRUNE_PACERS_AT: usize = 1_024;
 
@@ -131,6 +135,35 @@ const STOPPING_NOTICE: &str =
 struct Job {
     inbound: Inbound,
     out: Arc<dyn Outbound>,
+    admitted: Admitted,
+}
+
+/// A piece of work's place in the busy counts. It is given back when dropped, a panic
+/// included, so a stop never waits for work that is gone.
+struct Admitted {
+    manager: Manager,
+    slot: Slot,
+}
+
+impl Admitted {
+    /// A queued turn got its slot.
+    fn start_running(&mut self) {
+        self.manager.update_busy(|busy| {
+            busy.queued -= 1;
+            busy.running += 1;
+        });
+        self.slot = Slot::Running;
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let slot = self.slot;
+        self.manager.update_busy(|busy| match slot {
+            Slot::Running => busy.running -= 1,
+            Slot::Queued => busy.queued -= 1,
+        });
+    }
 }
 
 /// The manager. Cheap to clone.
@@ -148,6 +181,8 @@ struct Inner {
     /// Set at the stop's deadline: running replies end now.
     interrupt: watch::Sender<bool>,
     busy: watch::Sender<Busy>,
+    /// When retention last ran (0: not yet).
+    last_retention_ms: AtomicI64,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +203,7 @@ impl Manager {
                 permits,
                 interrupt: watch::channel(false).0,
                 busy: watch::channel(Busy::default()).0,
+                last_retention_ms: AtomicI64::new(0),
             }),
         }
     }
@@ -185,10 +221,10 @@ impl Manager {
         self.inner.busy.borrow().draining
     }
 
-    /// Counts new work in, unless a stop began; returns whether it was taken.
-    fn admit(&self, slot: Slot) -> bool {
+    /// Counts new work in, unless a stop began.
+    fn admit(&self, slot: Slot) -> Option<Admitted> {
         let metrics = &self.inner.services.metrics;
-        self.inner.busy.send_if_modified(|busy| {
+        let admitted = self.inner.busy.send_if_modified(|busy| {
             if busy.draining {
                 return false;
             }
@@ -199,6 +235,10 @@ impl Manager {
             metrics.set_active_conversations(busy.running);
             metrics.set_queue_depth(busy.queued);
             true
+        });
+        admitted.then(|| Admitted {
+            manager: self.clone(),
+            slot,
         })
     }
 
@@ -265,12 +305,11 @@ impl Manager {
                 if parsed == Ok(Command::Reset) {
                     return self.enqueue(inbound, out);
                 }
-                if !self.admit(Slot::Running) {
+                let Some(_admitted) = self.admit(Slot::Running) else {
                     return Disposition::ShuttingDown;
-                }
+                };
                 let reply = commands::execute(services, &inbound, parsed, now_ms()).await;
                 self.post(&out, &inbound, reply.text, reply.private).await;
-                self.update_busy(|busy| busy.running -= 1);
                 Disposition::Answered
             }
             Invocation::Message => self.enqueue(inbound, out),
@@ -290,18 +329,22 @@ impl Manager {
     }
 
     fn enqueue(&self, inbound: Inbound, out: Arc<dyn Outbound>) -> Disposition {
-        if !self.admit(Slot::Queued) {
+        let Some(admitted) = self.admit(Slot::Queued) else {
             return Disposition::ShuttingDown;
-        }
+        };
         let manager = self.clone();
+        let job = Job {
+            inbound,
+            out,
+            admitted,
+        };
         self.inner
             .lanes
-            .push(inbound.channel.clone(), Job { inbound, out }, move |job| {
+            .push(job.inbound.channel.clone(), job, move |job| {
                 let manager = manager.clone();
                 async move {
                     if manager.is_draining() {
                         manager.turn_away(&job).await;
-                        manager.update_busy(|busy| busy.queued -= 1);
                         return;
                     }
                     manager.run_job(job).await;
@@ -325,23 +368,17 @@ impl Manager {
     }
 
     /// Runs a turn once a slot is free; it counts as queued until then.
-    async fn run_job(&self, job: Job) {
+    async fn run_job(&self, mut job: Job) {
         let Ok(_permit) = self.inner.permits.clone().acquire_owned().await else {
-            self.update_busy(|busy| busy.queued -= 1);
             return;
         };
         // It may have waited for the slot while a stop began.
         if self.is_draining() {
             self.turn_away(&job).await;
-            self.update_busy(|busy| busy.queued -= 1);
             return;
         }
-        self.update_busy(|busy| {
-            busy.queued -= 1;
-            busy.running += 1;
-        });
-        // A bug in one turn must not stop the channel's worker or leave the turn counted
-        // as running (a stop would wait for it in vain).
+        job.admitted.start_running();
+        // A bug in one turn must not stop the channel's worker.
         let outcome = std::panic::AssertUnwindSafe(self.work(&job))
             .catch_unwind()
             .await;
@@ -349,7 +386,6 @@ impl Manager {
             tracing::error!(channel = %job.inbound.channel, "a conversation turn failed unexpectedly (a bug); the channel goes on");
             self.clean_up_after_panic(&job).await;
         }
-        self.update_busy(|busy| busy.running -= 1);
     }
 
     /// Ends the message of a reply whose render task failed with a note, from what its
@@ -371,6 +407,11 @@ impl Manager {
                 .await;
         if noted.is_err() {
             tracing::error!(channel = %record.channel, "cannot mark a failed reply either");
+        }
+        // Marked once: a later failure in this turn must not mark it again. The turn itself
+        // settles the reservation.
+        if let Err(err) = self.inner.services.store.remove_inflight(record.id) {
+            tracing::error!(%err, "cannot clear the reply in flight");
         }
     }
 
@@ -846,8 +887,6 @@ impl Manager {
         recovered
     }
 
-    /// Tells the channel an answer was cut off: a final edit of its last message when the
-    /// notice fits, otherwise a new message in reply to the question.
     /// Gives back the reservation of a reply that will not finish, and forgets its record.
     fn release_interrupted(&self, record: &InflightReply) {
         let services = &self.inner.services;
@@ -861,6 +900,8 @@ impl Manager {
         }
     }
 
+    /// Tells the channel an answer was cut off: a final edit of its last message when the
+    /// notice fits, otherwise a new message in reply to the question.
     async fn mark_interrupted(
         &self,
         out: &Arc<dyn Outbound>,
@@ -930,8 +971,8 @@ impl Manager {
         })
     }
 
-    /// One round of upkeep: reconcile the ledger, delete expired turns, ledger entries and seen
-    /// events.
+    /// One round of upkeep: reconcile the ledger; at most hourly, delete expired turns,
+    /// ledger entries and seen events.
     pub async fn maintain(&self) {
         let services = &self.inner.services;
         let budget = &services.config.budget;
@@ -958,20 +999,32 @@ impl Manager {
             Ok(_) => {}
             Err(err) => tracing::warn!(%err, "cannot reconcile with Poe's points history"),
         }
-        let retention_ms = services.config.chat.history_retention_days as i64 * 86_400_000;
-        if let Err(err) = services.store.prune_turns_before(now_ms() - retention_ms) {
+        // Retention walks whole trees, so it runs at most hourly, not every reconcile tick.
+        let now = now_ms();
+        let last = self.inner.last_retention_ms.load(Ordering::Relaxed);
+        if last != 0 && now - last < RETENTION_EVERY_MS {
+            return;
+        }
+        self.inner.last_retention_ms.store(now, Ordering::Relaxed);
+        let day_ms: i64 = 86_400_000;
+        let history_days = services.config.chat.history_retention_days as i64;
+        if let Err(err) = services
+            .store
+            .prune_turns_before(now.saturating_sub(history_days.saturating_mul(day_ms)))
+        {
             tracing::warn!(%err, "cannot delete expired turns");
         }
-        let ledger_retention_us = budget.ledger_retention_days as i64 * 86_400_000_000;
+        let ledger_days = budget.ledger_retention_days as i64;
+        let ledger_cutoff_ms = now.saturating_sub(ledger_days.saturating_mul(day_ms));
         match services
             .store
-            .prune_ledger_before(now_ms() * 1000 - ledger_retention_us, now_ms())
+            .prune_ledger_before(ledger_cutoff_ms.saturating_mul(1000), now)
         {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "deleted expired ledger entries"),
             Err(err) => tracing::warn!(%err, "cannot delete expired ledger entries"),
         }
-        if let Err(err) = services.store.prune_seen_before(now_ms() - 7 * 86_400_000) {
+        if let Err(err) = services.store.prune_seen_before(now - 7 * day_ms) {
             tracing::warn!(%err, "cannot forget old events");
         }
     }

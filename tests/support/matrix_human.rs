@@ -175,10 +175,12 @@ impl Human {
         }
     }
 
-    /// Creates a room, encrypted or not, inviting `invite`.
+    /// Creates a room (version 12), encrypted or not, inviting `invite`.
     pub async fn create_room(&self, encrypted: bool, invite: &[&UserId]) -> Room {
         let mut request = CreateRoom::new();
         request.invite = invite.iter().map(|user| (*user).to_owned()).collect();
+        // Version 12, whose room ids have no server part: the bot must treat them as opaque.
+        request.room_version = Some(matrix_sdk::ruma::RoomVersionId::V12);
         if encrypted {
             let event = InitialStateEvent::with_empty_state_key(
                 RoomEncryptionEventContent::with_recommended_defaults(),

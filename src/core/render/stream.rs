@@ -119,7 +119,17 @@ impl Shared {
 /// The producer's side of a renderer.
 pub struct Renderer {
     shared: Arc<Shared>,
-    task: JoinHandle<RenderReport>,
+    /// Taken by [`Renderer::finish`]; a renderer dropped without finishing (its turn
+    /// panicked) stops its task, so nothing edits the chat behind the clean-up's back.
+    task: Option<JoinHandle<RenderReport>>,
+}
+
+impl Drop for Renderer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 /// Everything the render task needs to reach the chat.
@@ -138,7 +148,10 @@ impl Renderer {
         });
         let limits = target.out.limits();
         let task = tokio::spawn(render(target, limits, shared.clone(), progress));
-        Renderer { shared, task }
+        Renderer {
+            shared,
+            task: Some(task),
+        }
     }
 
     pub fn append(&self, text: &str) {
@@ -167,10 +180,13 @@ impl Renderer {
     }
 
     /// Ends the answer and waits until the chat shows all of it.
-    pub async fn finish(self, ending: Ending) -> RenderReport {
+    pub async fn finish(mut self, ending: Ending) -> RenderReport {
         self.shared.lock().ending = Some(ending);
         self.shared.changed.notify_one();
-        match self.task.await {
+        let Some(task) = self.task.take() else {
+            return RenderReport::default();
+        };
+        match task.await {
             Ok(report) => report,
             Err(err) => {
                 tracing::error!(%err, "the render task failed");

@@ -17,8 +17,10 @@ use matrix_sdk::ruma::serde::Raw;
 /// How long a message waits for its key. A later answer would surprise more than help.
 pub const HOLD: Duration = Duration::from_secs(600);
 
-/// At most this many messages wait; the oldest gives way.
+/// At most this many messages wait, in all and per room; the oldest gives way. The cap per
+/// room keeps one room's flood of unreadable events from pushing out everyone else's.
 const MAX_HELD: usize = 1_000;
+const MAX_HELD_PER_ROOM: usize = 100;
 
 /// A message waiting for its key.
 pub struct Held {
@@ -57,13 +59,26 @@ impl LateKeys {
     pub fn keep(&self, held: Held) {
         let mut all = self.held();
         all.retain(|held| held.since.elapsed() < HOLD);
-        if all.len() >= MAX_HELD {
-            all.pop_front();
-            tracing::warn!("matrix: too many messages wait for their keys; the oldest is dropped");
+        if held.since.elapsed() >= HOLD {
+            return;
         }
-        if held.since.elapsed() < HOLD {
-            all.push_back(held);
+        let in_room = all
+            .iter()
+            .filter(|other| other.room_id == held.room_id)
+            .count();
+        if in_room >= MAX_HELD_PER_ROOM || all.len() >= MAX_HELD {
+            let oldest = all
+                .iter()
+                .enumerate()
+                .filter(|(_, other)| in_room < MAX_HELD_PER_ROOM || other.room_id == held.room_id)
+                .min_by_key(|(_, other)| other.since)
+                .map(|(index, _)| index);
+            if let Some(index) = oldest {
+                all.remove(index);
+            }
+            tracing::warn!(room = %held.room_id, "matrix: too many messages wait for their keys; the oldest is dropped");
         }
+        all.push_back(held);
     }
 
     /// Takes the messages that `keys` (room, megolm session) may open; every waiting one

@@ -127,6 +127,7 @@ impl Matrix {
             tracing::error!("matrix: the client has no user id after login; not syncing");
             return;
         };
+        tokio::spawn(warn_if_unsigned(client.clone()));
         let display_name = client.account().get_display_name().await.ok().flatten();
         let names = BotNames {
             user_id: user_id.to_string(),
@@ -220,6 +221,23 @@ impl Matrix {
     }
 }
 
+/// Says so when the bot's device ends up without its owner's signature (the account's
+/// cross-signing was set up elsewhere, or the keys were lost with the data directory):
+/// clients that share keys only with signed devices cannot reach the bot then.
+async fn warn_if_unsigned(client: Client) {
+    client
+        .encryption()
+        .wait_for_e2ee_initialization_tasks()
+        .await;
+    if let Ok(Some(device)) = client.encryption().get_own_device().await
+        && !device.is_cross_signed_by_owner()
+    {
+        tracing::warn!(
+            "matrix: the bot's device is not cross-signed by its account, so clients that share room keys only with signed devices cannot talk to it (see the README, Matrix setup)"
+        );
+    }
+}
+
 /// Tries the messages that wait for a room key again whenever keys arrive, until
 /// `shutdown`.
 async fn retry_on_new_keys<E>(
@@ -237,7 +255,12 @@ async fn retry_on_new_keys<E>(
             Some(Ok(keys)) => receiver.retry_decryption(Some(&keys)).await,
             // Some updates were missed: any waiting message may be readable now.
             Some(Err(_)) => receiver.retry_decryption(None).await,
-            None => return,
+            None => {
+                tracing::warn!(
+                    "matrix: matrix-sdk stopped reporting new room keys; messages that arrive before their key are no longer answered late"
+                );
+                return;
+            }
         }
     }
 }
