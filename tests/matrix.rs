@@ -20,8 +20,8 @@ use serde_json::json;
 
 use support::KEY;
 use support::bot_process::BotProcess;
-use support::key_delay::KeyDelayProxy;
 use support::matrix_human::{Human, Shown};
+use support::matrix_proxy::MatrixProxy;
 use support::synapse::{self, Synapse, SynapseOptions};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -42,6 +42,8 @@ struct World {
     /// The bot's login secret: its password, or an access token.
     login: (&'static str, String),
     alice: Human,
+    /// Between the bot and Synapse, when the setup asked for one.
+    bot_proxy: Option<MatrixProxy>,
 }
 
 /// How a world differs from the usual one.
@@ -55,6 +57,8 @@ struct Setup {
     env: Vec<(String, String)>,
     /// Log in with an access token instead of the password.
     access_token: bool,
+    /// The bot reaches Synapse through a [`MatrixProxy`].
+    bot_through_proxy: bool,
 }
 
 impl Default for Setup {
@@ -65,6 +69,7 @@ impl Default for Setup {
             matrix: r#"allowed_servers = ["localhost"]"#.into(),
             env: Vec::new(),
             access_token: false,
+            bot_through_proxy: false,
         }
     }
 }
@@ -84,6 +89,13 @@ impl World {
         let bot = synapse.register(BOT, BOT_PASSWORD, false).await;
         synapse.register("alice", "alice-password", false).await;
         let fake = FakePoe::start(KEY).await.expect("fake Poe");
+        let bot_proxy = match setup.bot_through_proxy {
+            true => Some(MatrixProxy::start(&synapse.base_url).await),
+            false => None,
+        };
+        let bot_homeserver = bot_proxy
+            .as_ref()
+            .map_or(synapse.base_url.clone(), |proxy| proxy.base_url.clone());
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("poe-relay.toml");
         let toml = format!(
@@ -114,7 +126,7 @@ filter = "info,poe_relay=debug"
             base = fake.base_url(),
             upload = fake.upload_url(),
             store = dir.path().join("store").display(),
-            homeserver = synapse.base_url,
+            homeserver = bot_homeserver,
             bot = bot.user_id,
             data = dir.path().join("matrix").display(),
             matrix = setup.matrix,
@@ -137,6 +149,7 @@ filter = "info,poe_relay=debug"
             bot: None,
             login,
             alice,
+            bot_proxy,
         };
         world.start_bot(1, &setup.env).await;
         world
@@ -306,7 +319,7 @@ async fn a_mention_gets_a_streamed_answer_in_an_encrypted_room() {
 async fn a_message_whose_key_comes_late_is_answered_when_it_comes() {
     let mut world = World::start(SynapseOptions::default(), "").await;
     world.fake.script("echo", streamed(ANSWER, 40, 20));
-    let proxy = KeyDelayProxy::start(&world.synapse.base_url).await;
+    let proxy = MatrixProxy::start(&world.synapse.base_url).await;
     world.synapse.register("bob", "bob-password", false).await;
     let bob = Human::login(&proxy.base_url, "bob", "bob-password").await;
     let room = world.room(true, &[&bob]).await;
@@ -399,6 +412,39 @@ async fn a_client_that_shares_keys_only_with_signed_devices_is_answered() {
         .await;
     assert_eq!(answer_to(&shown, trigger.as_str()).len(), 1, "{shown:#?}");
     assert!(answer_to(&shown, trigger.as_str())[0].encrypted);
+}
+
+/// A proxy in front of the homeserver can pass a message on and still answer the bot with
+/// an error (a 504 when the homeserver is slow). The retry must not post the answer twice.
+#[tokio::test]
+async fn a_send_that_failed_after_the_homeserver_took_it_is_not_posted_twice() {
+    let world = World::start_with(Setup {
+        bot_through_proxy: true,
+        ..Setup::default()
+    })
+    .await;
+    world.fake.script("echo", streamed(ANSWER, 8, 100));
+    let bob = world.human("bob").await;
+    let room = world.room(false, &[&bob]).await;
+    let proxy = world.bot_proxy.as_ref().expect("the bot's proxy");
+
+    proxy.lose_next_answer();
+    let trigger = bob
+        .mention(&room, &world.bot_id, "poebot: explain ownership")
+        .await;
+    let shown = bob
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            shown.iter().any(|message| message.text == ANSWER)
+        })
+        .await;
+    assert_eq!(
+        proxy.lost_answers(),
+        1,
+        "the bot's first send was not disturbed"
+    );
+    let answer = answer_to(&shown, trigger.as_str());
+    assert_eq!(answer.len(), 1, "the answer was posted twice: {shown:#?}");
+    assert_eq!(answer[0].text, ANSWER);
 }
 
 #[tokio::test]

@@ -5,8 +5,8 @@
 pub mod bot_process;
 pub mod discord_world;
 pub mod fake_discord;
-pub mod key_delay;
 pub mod matrix_human;
+pub mod matrix_proxy;
 pub mod synapse;
 
 use std::path::PathBuf;

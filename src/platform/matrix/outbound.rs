@@ -5,12 +5,14 @@
 //! renderer as [`PlatformError::RateLimited`] with the server's `retry_after_ms`, so the
 //! renderer paces the channel instead of stacking hidden retries under it.
 
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use matrix_sdk::config::RequestConfig;
 use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
-use matrix_sdk::ruma::{OwnedRoomId, RoomId};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, RoomId, TransactionId};
 use matrix_sdk::{Client, Room};
 use serde_json::{Value, json};
 
@@ -28,10 +30,21 @@ pub const MAX_MESSAGE_BYTES: usize = 8_000;
 /// Largest file the bot downloads from a model's answer to post into a room.
 const MAX_FILE_BYTES: usize = 32 * 1024 * 1024;
 
+/// How long a failed send's transaction id is kept for its retry.
+const RETRY_WINDOW: Duration = Duration::from_secs(120);
+
+/// What a send is: the room (and thread), the answer's trigger, and whether it is a later
+/// part. The renderer retries a failed part before it sends anything else there.
+type SendKey = (ChannelKey, Option<String>, bool);
+
 /// Sends into the rooms of one logged-in client.
 #[derive(Clone)]
 pub struct MatrixOutbound {
     client: Client,
+    /// Transaction ids of sends that failed. A failure can come after the homeserver took
+    /// the event (a proxy's 504, a timeout); the retry reuses the id, so the homeserver
+    /// hands back that event instead of posting the message twice.
+    failed_sends: Arc<Mutex<HashMap<SendKey, (OwnedTransactionId, Instant)>>>,
     downloads: reqwest::Client,
     /// Files in answers come from Poe's CDN over https; plain http is only for a Poe on
     /// loopback (tests).
@@ -43,6 +56,7 @@ impl MatrixOutbound {
         let downloads = download::client();
         MatrixOutbound {
             client,
+            failed_sends: Arc::default(),
             downloads,
             allow_plain_http_files,
         }
@@ -60,18 +74,35 @@ impl MatrixOutbound {
             })
     }
 
-    async fn send_content(&self, room: &Room, content: Value) -> Result<MessageId, PlatformError> {
+    async fn send_content(
+        &self,
+        room: &Room,
+        content: Value,
+        transaction: Option<&TransactionId>,
+    ) -> Result<MessageId, PlatformError> {
         if content::encoded_len(&content) > SEND_LIMIT_BYTES {
             return Err(PlatformError::Failed {
                 detail: "the message is too large for one Matrix event".into(),
             });
         }
-        let sent = room
+        let mut send = room
             .send_raw("m.room.message", content)
-            .with_request_config(RequestConfig::new().disable_retry())
-            .await
-            .map_err(platform_error)?;
+            .with_request_config(RequestConfig::new().disable_retry());
+        if let Some(transaction) = transaction {
+            send = send.with_transaction_id(transaction);
+        }
+        let sent = send.await.map_err(platform_error)?;
         Ok(MessageId(sent.response.event_id.to_string()))
+    }
+
+    /// The transaction id for a send, and whether it is a retry of one that failed.
+    fn transaction_for(&self, key: &SendKey) -> (OwnedTransactionId, bool) {
+        let mut failed = lock(&self.failed_sends);
+        failed.retain(|_, (_, at)| at.elapsed() < RETRY_WINDOW);
+        match failed.get(key) {
+            Some((transaction, _)) => (transaction.clone(), true),
+            None => (TransactionId::new(), false),
+        }
     }
 }
 
@@ -129,9 +160,36 @@ impl Outbound for MatrixOutbound {
                 .filter(|_| !message.continuation),
             thread_root: channel.thread.as_deref(),
         };
+        let key: SendKey = (
+            channel.clone(),
+            message.reply_to.clone(),
+            message.continuation,
+        );
+        let (transaction, retry) = self.transaction_for(&key);
         let sent = self
-            .send_content(&room, content::message(&message.text, &relation))
-            .await?;
+            .send_content(
+                &room,
+                content::message(&message.text, &relation),
+                Some(&transaction),
+            )
+            .await;
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(err) => {
+                lock(&self.failed_sends).insert(key, (transaction, Instant::now()));
+                return Err(err);
+            }
+        };
+        if retry {
+            // The homeserver may have handed back the event of the failed attempt, with
+            // that attempt's text: make it show this one. Until this lands, the send
+            // counts as failed and its retry gets the same event back.
+            if let Err(err) = self.edit(channel, &sent, &message.text).await {
+                lock(&self.failed_sends).insert(key, (transaction, Instant::now()));
+                return Err(err);
+            }
+        }
+        lock(&self.failed_sends).remove(&key);
         // The answer is visible now; do not leave "typing…" up until its timeout.
         tokio::spawn(async move {
             let _ = room.typing_notice(false).await;
@@ -146,7 +204,7 @@ impl Outbound for MatrixOutbound {
         text: &str,
     ) -> Result<(), PlatformError> {
         let room = self.room(channel)?;
-        self.send_content(&room, content::edit(&message.0, text))
+        self.send_content(&room, content::edit(&message.0, text), None)
             .await
             .map(|_| ())
     }
@@ -234,6 +292,12 @@ impl Outbound for MatrixOutbound {
         {
             content["m.relates_to"] = relates_to.clone();
         }
-        self.send_content(&room, content).await.map(Some)
+        self.send_content(&room, content, None).await.map(Some)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

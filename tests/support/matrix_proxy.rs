@@ -1,8 +1,12 @@
-//! A loopback proxy between one test user's client and Synapse that can hold back the
-//! client's encrypted to-device messages (which carry its room keys) and deliver them
-//! later, so the bot sees a message before the key that opens it, as happens over a slow
-//! federation link. The client is told each held message was delivered, as it would be
-//! by a homeserver that relays it late. Everything else passes through unchanged.
+//! A loopback proxy between one Matrix client and Synapse, for the troubles a real network
+//! brings. It can:
+//! - hold back the client's encrypted to-device messages (which carry its room keys) and
+//!   deliver them later, so the bot sees a message before the key that opens it, as over
+//!   a slow federation link; the client is told each held message was delivered;
+//! - deliver the client's next room message to Synapse and answer the client with a 504,
+//!   as a reverse proxy does when the homeserver is slow to reply.
+//!
+//! Everything else passes through unchanged.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,23 +29,26 @@ struct Shared {
     http: reqwest::Client,
     holding: Arc<Mutex<bool>>,
     held: Arc<Mutex<Vec<HeldSend>>>,
+    /// Armed: the next room message is delivered and its answer replaced by a 504.
+    lose_next_answer: Arc<Mutex<bool>>,
+    lost_answers: Arc<Mutex<usize>>,
 }
 
-pub struct KeyDelayProxy {
+pub struct MatrixProxy {
     pub base_url: String,
     shared: Shared,
     server: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for KeyDelayProxy {
+impl Drop for MatrixProxy {
     fn drop(&mut self) {
         self.server.abort();
     }
 }
 
-impl KeyDelayProxy {
+impl MatrixProxy {
     /// Starts a proxy on 127.0.0.1 in front of `upstream` (Synapse's base URL).
-    pub async fn start(upstream: &str) -> KeyDelayProxy {
+    pub async fn start(upstream: &str) -> MatrixProxy {
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
@@ -50,6 +57,8 @@ impl KeyDelayProxy {
                 .expect("proxy client"),
             holding: Arc::new(Mutex::new(false)),
             held: Arc::new(Mutex::new(Vec::new())),
+            lose_next_answer: Arc::new(Mutex::new(false)),
+            lost_answers: Arc::new(Mutex::new(0)),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -61,11 +70,21 @@ impl KeyDelayProxy {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        KeyDelayProxy {
+        MatrixProxy {
             base_url: format!("http://{address}"),
             shared,
             server,
         }
+    }
+
+    /// The client's next room message reaches Synapse, and the client gets a 504.
+    pub fn lose_next_answer(&self) {
+        *self.shared.lose_next_answer.lock().unwrap() = true;
+    }
+
+    /// How many answers to room messages were replaced by a 504.
+    pub fn lost_answers(&self) -> usize {
+        *self.shared.lost_answers.lock().unwrap()
     }
 
     /// From now on the client's encrypted to-device messages are held.
@@ -123,7 +142,18 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
         });
         return (StatusCode::OK, "{}").into_response();
     }
+    let room_message = parts.method == Method::PUT
+        && (path_and_query.contains("/send/m.room.message/")
+            || path_and_query.contains("/send/m.room.encrypted/"));
     let response = send_upstream(&shared, parts.method, &path_and_query, parts.headers, body).await;
+    if room_message && std::mem::take(&mut *shared.lose_next_answer.lock().unwrap()) {
+        assert!(
+            response.status().is_success(),
+            "Synapse refused the message"
+        );
+        *shared.lost_answers.lock().unwrap() += 1;
+        return (StatusCode::GATEWAY_TIMEOUT, "upstream timed out").into_response();
+    }
     let status = response.status();
     let headers = response.headers().clone();
     let mut body = response.bytes().await.unwrap_or_default();
