@@ -454,9 +454,8 @@ async fn reconciliation_makes_the_ledger_match_poes_history() {
     assert_eq!(again, theirs);
 }
 
-#[tokio::test]
-async fn media_bots_are_called_without_streaming_and_post_the_image() {
-    let fake = FakePoe::start(KEY).await.unwrap();
+/// A configuration whose default model, `Imagen-4`, answers with a picture of a cat.
+fn cat_picture_bot(fake: &FakePoe) -> poe_relay::config::Config {
     fake.script(
         "Imagen-4",
         Scenario::Media {
@@ -465,8 +464,15 @@ async fn media_bots_are_called_without_streaming_and_post_the_image() {
             name: "cat.png".into(),
         },
     );
-    let mut config = core_config(&fake);
+    let mut config = core_config(fake);
     config.chat.default_model = "Imagen-4".into();
+    config
+}
+
+#[tokio::test]
+async fn media_bots_are_called_without_streaming_and_post_the_image() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    let mut config = cat_picture_bot(&fake);
     config.poe.models.push(ModelConfig {
         name: "Imagen-4".into(),
         transport: Some(Transport::OpenAi),
@@ -1241,16 +1247,7 @@ fn notes_of_errors(setup: &CoreSetup) -> usize {
 #[tokio::test]
 async fn a_turn_that_panics_while_posting_a_file_is_closed_too() {
     let fake = FakePoe::start(KEY).await.unwrap();
-    fake.script(
-        "Imagen-4",
-        Scenario::Media {
-            url: "https://pfst.example/cat.png".into(),
-            content_type: "image/png".into(),
-            name: "cat.png".into(),
-        },
-    );
-    let mut config = core_config(&fake);
-    config.chat.default_model = "Imagen-4".into();
+    let config = cat_picture_bot(&fake);
     let setup = core_with(config, quick_platform());
     let out = PanickyOutbound::shared(&setup.platform, true);
     setup

@@ -12,7 +12,7 @@ use matrix_sdk::ruma::events::relation::Thread;
 use matrix_sdk::ruma::events::room::message::{
     ImageMessageEventContent, Relation, RoomMessageEventContent, TextMessageEventContent,
 };
-use matrix_sdk::ruma::{OwnedUserId, UserId};
+use matrix_sdk::ruma::{OwnedEventId, OwnedUserId, RoomId, UserId};
 use matrix_sdk_crypto::CollectStrategy;
 use poe_relay::fake_poe::{FakePoe, Scenario};
 use reqwest::Method;
@@ -167,6 +167,24 @@ filter = "info,poe_relay=debug"
         self.bot = Some(bot);
     }
 
+    /// `human` asks the bot about ownership in `room` and waits until the whole
+    /// [`ANSWER`] shows; returns the question's event and everything the bot showed.
+    async fn ask_about_ownership(
+        &self,
+        human: &Human,
+        room: &RoomId,
+    ) -> (OwnedEventId, Vec<Shown>) {
+        let trigger = human
+            .mention(room, &self.bot_id, "poebot: explain ownership")
+            .await;
+        let shown = human
+            .wait_for(room, &self.bot_id, WAIT, |shown| {
+                shown.iter().any(|message| message.text == ANSWER)
+            })
+            .await;
+        (trigger, shown)
+    }
+
     fn bot(&mut self) -> &mut BotProcess {
         self.bot.as_mut().expect("the bot is running")
     }
@@ -261,14 +279,7 @@ async fn a_mention_gets_a_streamed_answer(encrypted: bool) {
         "expected a room version 12 id, got {room}"
     );
 
-    let trigger = bob
-        .mention(&room, &world.bot_id, "poebot: explain ownership")
-        .await;
-    let shown = bob
-        .wait_for(&room, &world.bot_id, WAIT, |shown| {
-            shown.iter().any(|message| message.text == ANSWER)
-        })
-        .await;
+    let (trigger, shown) = world.ask_about_ownership(&bob, &room).await;
     let answer = answer_to(&shown, trigger.as_str());
     assert_eq!(answer.len(), 1, "{shown:#?}");
     let message = answer[0];
@@ -402,14 +413,7 @@ async fn a_client_that_shares_keys_only_with_signed_devices_is_answered() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let trigger = bob
-        .mention(&room, &world.bot_id, "poebot: explain ownership")
-        .await;
-    let shown = bob
-        .wait_for(&room, &world.bot_id, WAIT, |shown| {
-            shown.iter().any(|message| message.text == ANSWER)
-        })
-        .await;
+    let (trigger, shown) = world.ask_about_ownership(&bob, &room).await;
     assert_eq!(answer_to(&shown, trigger.as_str()).len(), 1, "{shown:#?}");
     assert!(answer_to(&shown, trigger.as_str())[0].encrypted);
 }
@@ -429,14 +433,7 @@ async fn a_send_that_failed_after_the_homeserver_took_it_is_not_posted_twice() {
     let proxy = world.bot_proxy.as_ref().expect("the bot's proxy");
 
     proxy.lose_next_answer();
-    let trigger = bob
-        .mention(&room, &world.bot_id, "poebot: explain ownership")
-        .await;
-    let shown = bob
-        .wait_for(&room, &world.bot_id, WAIT, |shown| {
-            shown.iter().any(|message| message.text == ANSWER)
-        })
-        .await;
+    let (trigger, shown) = world.ask_about_ownership(&bob, &room).await;
     assert_eq!(
         proxy.lost_answers(),
         1,

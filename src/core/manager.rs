@@ -391,27 +391,13 @@ impl Manager {
     /// Ends the message of a reply whose render task failed with a note, from what its
     /// in-flight record says the chat shows.
     async fn close_crashed_reply(&self, out: &Arc<dyn Outbound>, inflight_id: u64) {
-        let record = match self.inner.services.store.inflight_replies() {
-            Ok(records) => records.into_iter().find(|record| record.id == inflight_id),
-            Err(err) => {
-                tracing::error!(%err, "cannot read replies left in flight");
-                None
+        for record in self.inflight_where(|record| record.id == inflight_id) {
+            self.mark_failed(out, &record).await;
+            // Marked once: a later failure in this turn must not mark it again. The turn
+            // itself settles the reservation.
+            if let Err(err) = self.inner.services.store.remove_inflight(record.id) {
+                tracing::error!(%err, "cannot clear the reply in flight");
             }
-        };
-        let Some(record) = record else {
-            return;
-        };
-        let noted =
-            std::panic::AssertUnwindSafe(self.mark_interrupted(out, &record, FAILED_NOTICE))
-                .catch_unwind()
-                .await;
-        if noted.is_err() {
-            tracing::error!(channel = %record.channel, "cannot mark a failed reply either");
-        }
-        // Marked once: a later failure in this turn must not mark it again. The turn itself
-        // settles the reservation.
-        if let Err(err) = self.inner.services.store.remove_inflight(record.id) {
-            tracing::error!(%err, "cannot clear the reply in flight");
         }
     }
 
@@ -419,29 +405,34 @@ impl Manager {
     /// back and its message ends with a note, as after a crash. The channel runs one turn
     /// at a time, so its records are this turn's.
     async fn clean_up_after_panic(&self, job: &Job) {
-        let records = match self.inner.services.store.inflight_replies() {
-            Ok(records) => records,
+        for record in self.inflight_where(|record| record.channel == job.inbound.channel) {
+            self.release_interrupted(&record);
+            self.mark_failed(&job.out, &record).await;
+        }
+    }
+
+    /// The replies in flight that `wanted` picks; none if the store cannot be read.
+    fn inflight_where(&self, wanted: impl Fn(&InflightReply) -> bool) -> Vec<InflightReply> {
+        match self.inner.services.store.inflight_replies() {
+            Ok(records) => records
+                .into_iter()
+                .filter(|record| wanted(record))
+                .collect(),
             Err(err) => {
                 tracing::error!(%err, "cannot read replies left in flight");
-                return;
+                Vec::new()
             }
-        };
-        for record in records {
-            if record.channel != job.inbound.channel {
-                continue;
-            }
-            self.release_interrupted(&record);
-            // The bug may lie in the platform itself.
-            let noted = std::panic::AssertUnwindSafe(self.mark_interrupted(
-                &job.out,
-                &record,
-                FAILED_NOTICE,
-            ))
+        }
+    }
+
+    /// Ends a reply cut short by a bug with a note. The bug may lie in the platform itself,
+    /// so a panic here is caught too.
+    async fn mark_failed(&self, out: &Arc<dyn Outbound>, record: &InflightReply) {
+        let noted = std::panic::AssertUnwindSafe(self.mark_interrupted(out, record, FAILED_NOTICE))
             .catch_unwind()
             .await;
-            if noted.is_err() {
-                tracing::error!(channel = %record.channel, "cannot mark a failed reply either");
-            }
+        if noted.is_err() {
+            tracing::error!(channel = %record.channel, "cannot mark a failed reply either");
         }
     }
 

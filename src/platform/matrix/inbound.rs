@@ -26,6 +26,7 @@ use matrix_sdk::ruma::{Int, OwnedRoomId, OwnedUserId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 
 use super::late_keys::LateKeys;
+use super::lock;
 use super::outbound::MatrixOutbound;
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
 use crate::config::MatrixConfig;
@@ -500,10 +501,4 @@ impl Receiver {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

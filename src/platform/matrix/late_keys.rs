@@ -38,9 +38,7 @@ pub struct LateKeys {
 
 impl LateKeys {
     fn held(&self) -> std::sync::MutexGuard<'_, VecDeque<Held>> {
-        self.held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.held)
     }
 
     /// Keeps `event`, encrypted with megolm session `session_id`, until its key comes.

@@ -221,6 +221,14 @@ impl Matrix {
     }
 }
 
+/// Locks `mutex`, also after a panic elsewhere while it was held: the adapter's maps stay
+/// usable, and a half-made change to one is better than a dead sync loop.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Says so when the bot's device ends up without its owner's signature (the account's
 /// cross-signing was set up elsewhere, or the keys were lost with the data directory):
 /// clients that share keys only with signed devices cannot reach the bot then.

@@ -6,7 +6,7 @@
 //! renderer paces the channel instead of stacking hidden retries under it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ use matrix_sdk::{Client, Room};
 use serde_json::{Value, json};
 
 use super::content::{self, Relation, SEND_LIMIT_BYTES};
+use super::lock;
 use crate::core::render::split::LengthUnit;
 use crate::platform::download;
 use crate::platform::{
@@ -294,10 +295,4 @@ impl Outbound for MatrixOutbound {
         }
         self.send_content(&room, content, None).await.map(Some)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
