@@ -167,6 +167,13 @@ filter = "info,poe_relay=debug"
         self.bot = Some(bot);
     }
 
+    /// Poe was asked exactly one question, ending with `question`.
+    fn assert_poe_was_asked_once(&self, question: &str) {
+        let contexts = self.contexts();
+        assert_eq!(contexts.len(), 1, "{contexts:#?}");
+        assert_eq!(contexts[0].last().map(String::as_str), Some(question));
+    }
+
     /// `human` asks the bot about ownership in `room` and waits until the whole
     /// [`ANSWER`] shows; returns the question's event and everything the bot showed.
     async fn ask_about_ownership(
@@ -299,12 +306,7 @@ async fn a_mention_gets_a_streamed_answer(encrypted: bool) {
     assert!(html.contains("<strong>ownership</strong>"), "{html}");
     assert!(html.contains("<ol>"), "{html}");
     // Poe got the question without the bot's name, from Bob.
-    let contexts = world.contexts();
-    assert_eq!(contexts.len(), 1);
-    assert_eq!(
-        contexts[0].last().map(String::as_str),
-        Some("bob: explain ownership")
-    );
+    world.assert_poe_was_asked_once("bob: explain ownership");
     // Alice's client sees the same final text.
     world
         .alice
@@ -358,12 +360,7 @@ async fn a_message_whose_key_comes_late_is_answered_when_it_comes() {
         })
         .await;
     assert_eq!(answer_to(&shown, trigger.as_str()).len(), 1, "{shown:#?}");
-    let contexts = world.contexts();
-    assert_eq!(contexts.len(), 1);
-    assert_eq!(
-        contexts[0].last().map(String::as_str),
-        Some("bob: explain ownership")
-    );
+    world.assert_poe_was_asked_once("bob: explain ownership");
     world
         .bot()
         .wait_for_log("decrypted a message once its key arrived", 1, WAIT)
