@@ -90,7 +90,7 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             default_model: "Claude-Sonnet-4.6".into(),
-            max_concurrent_replies: 64,
+            max_concurrent_replies: 256,
             history_max_turns: 20,
             history_max_chars: 24_000,
             history_retention_days: 30,
@@ -209,6 +209,22 @@ pub struct MatrixConfig {
     pub allowed_servers: Vec<String>,
     /// Messages from these users are never answered (other bots).
     pub ignored_users: Vec<String>,
+    /// Events per second the bot sends over all rooms (messages, edits, joins), under the
+    /// homeserver's limit on the account (Synapse's `rc_message`: 0.2 a second by default).
+    /// 0: no limit, for a bot the homeserver exempts (Synapse's `override_ratelimit`).
+    pub max_sends_per_second: f64,
+    /// Events the bot may send at once before that rate applies (Synapse: `burst_count`, 10).
+    pub send_burst: u32,
+}
+
+impl MatrixConfig {
+    /// The bot's allowance for the core's pacing; `None` without a limit.
+    pub fn send_rate(&self) -> Option<crate::core::pacing::RequestRate> {
+        (self.max_sends_per_second > 0.0).then(|| crate::core::pacing::RequestRate {
+            per_second: self.max_sends_per_second,
+            burst: f64::from(self.send_burst.max(1)),
+        })
+    }
 }
 
 impl Default for MatrixConfig {
@@ -224,6 +240,10 @@ impl Default for MatrixConfig {
             allowed_users: Vec::new(),
             allowed_servers: Vec::new(),
             ignored_users: Vec::new(),
+            // A little under Synapse's defaults (0.2 a second, 10 at once), leaving room for
+            // the account's other events and for clock differences.
+            max_sends_per_second: 0.18,
+            send_burst: 8,
         }
     }
 }
@@ -244,6 +264,9 @@ pub struct DiscordConfig {
     pub allow_dms: bool,
     /// Never answer other bots.
     pub ignore_bots: bool,
+    /// Requests per second the bot makes over all channels, under Discord's global limit
+    /// of 50 (interaction answers do not count).
+    pub max_requests_per_second: f64,
     /// Tests only: another REST base (`http://127.0.0.1:PORT`) instead of discord.com. It
     /// turns serenity's own rate limiter off, which only a fake Discord can take.
     pub api_base: Option<String>,
@@ -260,6 +283,7 @@ impl Default for DiscordConfig {
             admin_roles: Vec::new(),
             allow_dms: true,
             ignore_bots: true,
+            max_requests_per_second: 40.0,
             api_base: None,
             gateway_url: None,
         }
@@ -663,7 +687,22 @@ impl Config {
                 "must be an address and port, like `127.0.0.1:9464`",
             );
         }
+        if !(0.0..=1000.0).contains(&matrix.max_sends_per_second) {
+            problem(
+                "matrix.max_sends_per_second",
+                "must be between 0 (no limit: the homeserver exempts the bot) and 1000",
+            );
+        }
+        if matrix.send_burst == 0 || matrix.send_burst > 10_000 {
+            problem("matrix.send_burst", "must be between 1 and 10000");
+        }
         let discord = &self.discord;
+        if !(1.0..=50.0).contains(&discord.max_requests_per_second) {
+            problem(
+                "discord.max_requests_per_second",
+                "must be between 1 and 50 (Discord allows a bot 50 requests a second in all)",
+            );
+        }
         for (key, ids) in [
             ("discord.guilds", &discord.guilds),
             ("discord.admins", &discord.admins),
@@ -919,6 +958,28 @@ mod tests {
                 "poe.models[1].name"
             ]
         );
+    }
+
+    #[test]
+    fn platform_request_rates_are_checked_and_zero_turns_the_matrix_limit_off() {
+        let config = load_str("", &[]).unwrap();
+        assert_eq!(config.discord.max_requests_per_second, 40.0);
+        let rate = config.matrix.send_rate().unwrap();
+        assert!(rate.per_second < 0.2 && rate.burst < 10.0, "{rate:?}");
+        let exempt = load_str("[matrix]\nmax_sends_per_second = 0\n", &[]).unwrap();
+        assert!(exempt.matrix.send_rate().is_none());
+        let err = load_str(
+            "[discord]\nmax_requests_per_second = 60\n[matrix]\nmax_sends_per_second = -1\nsend_burst = 0\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("discord.max_requests_per_second: must be between 1 and 50"),
+            "{err}"
+        );
+        assert!(err.contains("matrix.max_sends_per_second"), "{err}");
+        assert!(err.contains("matrix.send_burst"), "{err}");
     }
 
     #[test]

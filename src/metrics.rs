@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// Every series: name, type and help, in the order `/metrics` lists them.
@@ -44,7 +44,32 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "poe_relay_platform_rate_limited_total",
         "counter",
-        "429 answers from chat platforms.",
+        "429 answers from chat platforms, by scope (bot: the whole bot or account; channel: one channel or route).",
+    ),
+    (
+        "poe_relay_platform_requests_total",
+        "counter",
+        "Calls to chat platforms, by kind (send, edit, typing, file, and the adapters' own such as join).",
+    ),
+    (
+        "poe_relay_platform_typing_dropped_total",
+        "counter",
+        "Typing notices dropped because the platform's request budget was busy.",
+    ),
+    (
+        "poe_relay_platform_budget_wait_seconds",
+        "histogram",
+        "Time calls waited for the platform's bot-wide request budget.",
+    ),
+    (
+        "poe_relay_platform_budget_tokens",
+        "gauge",
+        "Calls the platform's request budget allows at once right now.",
+    ),
+    (
+        "poe_relay_platform_budget_rate",
+        "gauge",
+        "Calls per second the platform's request budget allows now (lowered after a bot-wide 429, climbing back while calls succeed).",
     ),
     (
         "poe_relay_poe_retries_total",
@@ -106,8 +131,8 @@ impl Metrics {
         *self.lock().values.entry((name, labels)).or_default() += amount;
     }
 
-    fn set(&self, name: &'static str, value: f64) {
-        self.lock().values.insert((name, Vec::new()), value);
+    fn set(&self, name: &'static str, labels: Labels, value: f64) {
+        self.lock().values.insert((name, labels), value);
     }
 
     fn observe(&self, name: &'static str, labels: Labels, value: Duration) {
@@ -166,12 +191,46 @@ impl Metrics {
         );
     }
 
-    pub fn platform_rate_limited(&self, platform: &str, count: u32) {
+    /// `scope` is `bot` or `channel`.
+    pub fn platform_rate_limited(&self, platform: &str, scope: &'static str, count: u32) {
         self.add(
             "poe_relay_platform_rate_limited_total",
-            vec![("platform", platform.to_owned())],
+            vec![
+                ("platform", platform.to_owned()),
+                ("scope", scope.to_owned()),
+            ],
             f64::from(count),
         );
+    }
+
+    pub fn platform_request(&self, platform: &str, kind: &'static str) {
+        self.add(
+            "poe_relay_platform_requests_total",
+            vec![("platform", platform.to_owned()), ("kind", kind.to_owned())],
+            1.0,
+        );
+    }
+
+    pub fn typing_dropped(&self, platform: &str) {
+        self.add(
+            "poe_relay_platform_typing_dropped_total",
+            vec![("platform", platform.to_owned())],
+            1.0,
+        );
+    }
+
+    pub fn budget_wait(&self, platform: &str, waited: Duration) {
+        self.observe(
+            "poe_relay_platform_budget_wait_seconds",
+            vec![("platform", platform.to_owned())],
+            waited,
+        );
+    }
+
+    pub fn budget_level(&self, platform: &str, tokens: f64, per_second: f64) {
+        let labels = vec![("platform", platform.to_owned())];
+        self.set("poe_relay_platform_budget_tokens", labels.clone(), tokens);
+        self.set("poe_relay_platform_budget_rate", labels, per_second);
     }
 
     pub fn poe_retry(&self, cause: &str) {
@@ -201,11 +260,11 @@ impl Metrics {
     }
 
     pub fn set_active_conversations(&self, count: usize) {
-        self.set("poe_relay_active_conversations", count as f64);
+        self.set("poe_relay_active_conversations", Vec::new(), count as f64);
     }
 
     pub fn set_queue_depth(&self, count: usize) {
-        self.set("poe_relay_queue_depth", count as f64);
+        self.set("poe_relay_queue_depth", Vec::new(), count as f64);
     }
 
     /// The Prometheus text exposition of everything recorded so far. Gauges are always
@@ -243,7 +302,8 @@ impl Metrics {
                 any = true;
                 let _ = writeln!(out, "{name}{} {value}", render_labels(labels));
             }
-            if !any && *kind == "gauge" {
+            // The budget gauges are per platform: listed once a platform is.
+            if !any && *kind == "gauge" && !name.starts_with("poe_relay_platform_") {
                 let _ = writeln!(out, "{name} 0");
             }
         }

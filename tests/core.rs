@@ -9,10 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use poe_relay::config::ModelConfig;
 use poe_relay::core::manager::Disposition;
+use poe_relay::core::pacing::Permit;
 use poe_relay::core::render::split::{LengthUnit, split};
 use poe_relay::fake_poe::{FakePoe, Scenario};
 use poe_relay::platform::memory::{CallKind, MemoryPlatform, ShownMessage};
-use poe_relay::platform::{ChannelKey, InboundFile, Outbound, PlatformError};
+use poe_relay::platform::{ChannelKey, InboundFile, Outbound, PlatformError, RateScope};
 use poe_relay::poe::{FileSource, Transport};
 use poe_relay::store::LedgerState;
 use serde_json::json;
@@ -632,6 +633,7 @@ async fn platform_429s_slow_the_renderer_but_lose_nothing() {
     setup.platform.inject(
         PlatformError::RateLimited {
             retry_after: Duration::from_millis(300),
+            scope: RateScope::Channel,
         },
         4,
     );
@@ -908,6 +910,8 @@ async fn matrix_style_edit_caps_hold_and_the_final_text_still_lands() {
         min_channel_interval: Duration::from_millis(5),
         max_edits_per_message: Some(4),
         typing_interval: Duration::from_millis(200),
+        requests: None,
+        marks_live: true,
     });
     let setup = core_with(core_config(&fake), platform);
     setup
@@ -1168,29 +1172,35 @@ impl Outbound for PanickyOutbound {
 
     async fn send(
         &self,
+        permit: Permit,
         channel: &ChannelKey,
         message: poe_relay::platform::OutMessage,
     ) -> Result<poe_relay::platform::MessageId, PlatformError> {
         self.check(&message.text);
-        self.platform.send(channel, message).await
+        self.platform.send(permit, channel, message).await
     }
 
     async fn edit(
         &self,
+        permit: Permit,
         channel: &ChannelKey,
         message: &poe_relay::platform::MessageId,
         text: &str,
+        live: bool,
     ) -> Result<(), PlatformError> {
         self.check(text);
-        self.platform.edit(channel, message, text).await
+        self.platform
+            .edit(permit, channel, message, text, live)
+            .await
     }
 
-    async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError> {
-        self.platform.typing(channel).await
+    async fn typing(&self, permit: Permit, channel: &ChannelKey) -> Result<(), PlatformError> {
+        self.platform.typing(permit, channel).await
     }
 
     async fn send_file(
         &self,
+        permit: Permit,
         channel: &ChannelKey,
         file: &poe_relay::platform::OutFile,
         reply_to: Option<&str>,
@@ -1198,7 +1208,9 @@ impl Outbound for PanickyOutbound {
         if self.in_files {
             self.strike();
         }
-        self.platform.send_file(channel, file, reply_to).await
+        self.platform
+            .send_file(permit, channel, file, reply_to)
+            .await
     }
 }
 

@@ -668,8 +668,9 @@ async fn a_missing_intent_stops_the_daemon_with_what_to_do() {
 /// deferred message itself.
 #[tokio::test]
 async fn a_private_answer_to_a_public_acknowledgement_stays_private() {
+    use poe_relay::core::pacing::{Pacing, Priority};
     use poe_relay::platform::discord::outbound::DiscordOutbound;
-    use poe_relay::platform::{ChannelKey, OutMessage, Outbound};
+    use poe_relay::platform::{ChannelKey, OutMessage};
     use serenity::all::{ApplicationId, HttpBuilder, InteractionId};
 
     poe_relay::tls::install_crypto_provider();
@@ -680,7 +681,10 @@ async fn a_private_answer_to_a_public_acknowledgement_stays_private() {
         .build();
     http.set_application_id(ApplicationId::new(discord.application_id()));
     let http = std::sync::Arc::new(http);
-    let out = DiscordOutbound::new(http.clone(), true);
+    let adapter = std::sync::Arc::new(DiscordOutbound::new(http.clone(), 40.0, true));
+    // The way the core reaches the adapter: every call paced.
+    let pacing = Pacing::new(Default::default());
+    let out = pacing.paced("discord", adapter.clone());
     // Interactions are dispatched to a gateway session; none is needed to answer over REST.
     let id = discord.dispatch_command(
         IncomingCommand::new(CHANNEL, alice(), "poe", options("models", json!([])))
@@ -695,7 +699,7 @@ async fn a_private_answer_to_a_public_acknowledgement_stays_private() {
     )
     .await
     .expect("defer publicly");
-    out.remember_interaction(id, token, false);
+    adapter.remember_interaction(id, token, false);
     let channel = ChannelKey::new("discord", &CHANNEL.to_string());
     let sent = out
         .send(
@@ -705,7 +709,9 @@ async fn a_private_answer_to_a_public_acknowledgement_stays_private() {
                 reply_to: Some(id.to_string()),
                 continuation: false,
                 private: true,
+                live: false,
             },
+            Priority::Urgent,
         )
         .await
         .expect("sent");
@@ -735,11 +741,13 @@ async fn a_private_answer_to_a_public_acknowledgement_stays_private() {
                 reply_to: Some(id.to_string()),
                 continuation: true,
                 private: true,
+                live: false,
             },
+            Priority::Urgent,
         )
         .await
         .expect("sent");
-    out.edit(&channel, &more, "More, edited.")
+    out.edit(&channel, &more, "More, edited.", false, Priority::Urgent)
         .await
         .expect("edited");
     let interaction = discord.interaction(id).expect("recorded");

@@ -101,6 +101,8 @@ fn limits(edit_interval: Duration) -> Limits {
         min_channel_interval: Duration::from_millis(50),
         max_edits_per_message: None,
         typing_interval: Duration::from_secs(8),
+        requests: None,
+        marks_live: false,
     }
 }
 

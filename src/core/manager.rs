@@ -19,13 +19,17 @@ use super::budget::{BudgetError, Budgets, Spender};
 use super::catalog::Catalog;
 use super::commands::{self, Command};
 use super::cost::Price;
+use super::pacing::{Paced, Pacing, Priority};
+use super::queued::{PostedNote, QueuedQuestion};
 use super::reconcile;
 use super::render::split::split;
-use super::render::stream::{ChannelPacer, Ending, Renderer, Target};
+use super::render::stream::{Ending, Renderer, Target};
 use crate::config::Config;
 use crate::lanes::{self, Lanes};
 use crate::metrics::Metrics;
-use crate::platform::{ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound};
+use crate::platform::{
+    ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound, PlatformError,
+};
 use crate::poe::{ChatMessage, ChatRequest, InputFile, PoeClient, PoeError, PoeEvent, Role, Usage};
 use crate::store::{ChannelSettings, InflightReply, Store, Turn, TurnRole};
 
@@ -117,9 +121,6 @@ enum Slot {
 /// How often retention (expired turns, ledger entries, seen events) runs.
 const RETENTION_EVERY_MS: i64 = 3_600_000;
 
-/// How many channel pacers are kept before idle ones are dropped.
-const PRUNE_PACERS_AT: usize = 1_024;
-
 /// The note on a reply found unfinished after a restart.
 const RESTARTED_NOTICE: &str =
     "⚠️ This answer was interrupted: the bot restarted. Ask again to get a full answer.";
@@ -134,8 +135,10 @@ const STOPPING_NOTICE: &str =
 
 struct Job {
     inbound: Inbound,
-    out: Arc<dyn Outbound>,
+    out: Paced,
     admitted: Admitted,
+    /// A question's wait, spoken up for while it lasts (commands have none).
+    waiting: Option<Arc<QueuedQuestion>>,
 }
 
 /// A piece of work's place in the busy counts. It is given back when dropped, a panic
@@ -176,7 +179,7 @@ struct Inner {
     services: Services,
     started_ms: i64,
     lanes: Lanes<ChannelKey, Job>,
-    pacers: Mutex<HashMap<ChannelKey, Arc<ChannelPacer>>>,
+    pacing: Pacing,
     permits: Arc<Semaphore>,
     /// Set at the stop's deadline: running replies end now.
     interrupt: watch::Sender<bool>,
@@ -194,12 +197,13 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Manager {
     pub fn new(services: Services) -> Manager {
         let permits = Arc::new(Semaphore::new(services.config.chat.max_concurrent_replies));
+        let pacing = Pacing::new(services.metrics.clone());
         Manager {
             inner: Arc::new(Inner {
                 services,
                 started_ms: now_ms(),
                 lanes: Lanes::new(lanes::IDLE),
-                pacers: Mutex::new(HashMap::new()),
+                pacing,
                 permits,
                 interrupt: watch::channel(false).0,
                 busy: watch::channel(Busy::default()).0,
@@ -215,6 +219,31 @@ impl Manager {
 
     pub fn services(&self) -> &Services {
         &self.inner.services
+    }
+
+    /// The paced side of a platform's adapter: the only way to reach the platform. Adapters
+    /// use it too, for notices of their own and for calls they make themselves.
+    pub fn paced(&self, platform: &str, out: Arc<dyn Outbound>) -> Paced {
+        self.inner.pacing.paced(platform, out)
+    }
+
+    pub fn pacing(&self) -> &Pacing {
+        &self.inner.pacing
+    }
+
+    /// Posts a short notice from an adapter (a malformed command, a file that cannot be
+    /// fetched) as a reply to `reply_to`, paced like every other call.
+    pub async fn tell(
+        &self,
+        out: Arc<dyn Outbound>,
+        channel: &ChannelKey,
+        reply_to: &str,
+        text: String,
+        private: bool,
+    ) {
+        let paced = self.paced(&channel.platform, out);
+        self.post_to(&paced, channel, reply_to, None, text, private)
+            .await;
     }
 
     fn is_draining(&self) -> bool {
@@ -298,6 +327,7 @@ impl Manager {
             Ok(false) => return Disposition::Duplicate,
             Err(err) => tracing::error!(%err, "cannot record a seen event; handling it anyway"),
         }
+        let out = self.paced(&inbound.channel.platform, out);
         match inbound.invocation {
             Invocation::Command => {
                 let parsed = commands::parse(&inbound.text);
@@ -309,34 +339,42 @@ impl Manager {
                     return Disposition::ShuttingDown;
                 };
                 let reply = commands::execute(services, &inbound, parsed, now_ms()).await;
-                self.post(&out, &inbound, reply.text, reply.private).await;
+                self.post(&out, &inbound, None, reply.text, reply.private)
+                    .await;
                 Disposition::Answered
             }
             Invocation::Message => self.enqueue(inbound, out),
         }
     }
 
-    fn pacer(&self, channel: &ChannelKey, out: &Arc<dyn Outbound>) -> Arc<ChannelPacer> {
-        let mut pacers = locked(&self.inner.pacers);
-        if pacers.len() >= PRUNE_PACERS_AT {
-            // A pacer nobody holds whose next slot has passed paces like a new one.
-            pacers.retain(|_, pacer| Arc::strong_count(pacer) > 1 || !pacer.is_idle());
-        }
-        pacers
-            .entry(channel.clone())
-            .or_insert_with(|| Arc::new(ChannelPacer::new(out.limits().min_channel_interval)))
-            .clone()
-    }
-
-    fn enqueue(&self, inbound: Inbound, out: Arc<dyn Outbound>) -> Disposition {
+    fn enqueue(&self, inbound: Inbound, out: Paced) -> Disposition {
         let Some(admitted) = self.admit(Slot::Queued) else {
             return Disposition::ShuttingDown;
         };
+        // A question that cannot start at once says so (typing, then a note).
+        let waiting = (inbound.invocation == Invocation::Message).then(|| {
+            let waiting = QueuedQuestion::new();
+            let manager = Arc::downgrade(&self.inner);
+            waiting.speak_up(
+                out.clone(),
+                inbound.channel.clone(),
+                inbound.event_id.clone(),
+                self.inner.services.store.clone(),
+                self.inner.services.config.chat.max_concurrent_replies,
+                move || {
+                    manager
+                        .upgrade()
+                        .is_none_or(|inner| inner.busy.borrow().draining)
+                },
+            );
+            waiting
+        });
         let manager = self.clone();
         let job = Job {
             inbound,
             out,
             admitted,
+            waiting,
         };
         self.inner
             .lanes
@@ -353,13 +391,23 @@ impl Manager {
         Disposition::Queued
     }
 
+    /// The note a queued question showed, taken over by its turn (or its refusal).
+    async fn take_note(&self, job: &Job) -> Option<PostedNote> {
+        match &job.waiting {
+            Some(waiting) => waiting.begin().await,
+            None => None,
+        }
+    }
+
     /// A turn that will not start because the daemon is stopping: say so rather than go
     /// quiet. (A queued command, such as `reset`, is dropped: it can be run again.)
     async fn turn_away(&self, job: &Job) {
+        let note = self.take_note(job).await;
         if job.inbound.invocation == Invocation::Message {
             self.post(
                 &job.out,
                 &job.inbound,
+                note.as_ref(),
                 "The bot is restarting and did not get to this. Ask again in a minute.".into(),
                 false,
             )
@@ -369,6 +417,9 @@ impl Manager {
 
     /// Runs a turn once a slot is free; it counts as queued until then.
     async fn run_job(&self, mut job: Job) {
+        if let Some(waiting) = &job.waiting {
+            waiting.waiting_for_slot();
+        }
         let Ok(_permit) = self.inner.permits.clone().acquire_owned().await else {
             return;
         };
@@ -378,8 +429,9 @@ impl Manager {
             return;
         }
         job.admitted.start_running();
+        let note = self.take_note(&job).await;
         // A bug in one turn must not stop the channel's worker.
-        let outcome = std::panic::AssertUnwindSafe(self.work(&job))
+        let outcome = std::panic::AssertUnwindSafe(self.work(&job, note))
             .catch_unwind()
             .await;
         if outcome.is_err() {
@@ -390,7 +442,7 @@ impl Manager {
 
     /// Ends the message of a reply whose render task failed with a note, from what its
     /// in-flight record says the chat shows.
-    async fn close_crashed_reply(&self, out: &Arc<dyn Outbound>, inflight_id: u64) {
+    async fn close_crashed_reply(&self, out: &Paced, inflight_id: u64) {
         for record in self.inflight_where(|record| record.id == inflight_id) {
             self.mark_failed(out, &record).await;
             // Marked once: a later failure in this turn must not mark it again. The turn
@@ -402,10 +454,13 @@ impl Manager {
     }
 
     /// A turn that panicked left its in-flight record and reservation behind: the points go
-    /// back and its message ends with a note, as after a crash. The channel runs one turn
-    /// at a time, so its records are this turn's.
+    /// back and its message ends with a note, as after a crash. Records of questions still
+    /// queued in the channel (their notes) are theirs, not this turn's.
     async fn clean_up_after_panic(&self, job: &Job) {
-        for record in self.inflight_where(|record| record.channel == job.inbound.channel) {
+        let inbound = &job.inbound;
+        for record in self.inflight_where(|record| {
+            record.channel == inbound.channel && record.reply_to == inbound.event_id
+        }) {
             self.release_interrupted(&record);
             self.mark_failed(&job.out, &record).await;
         }
@@ -427,7 +482,7 @@ impl Manager {
 
     /// Ends a reply cut short by a bug with a note. The bug may lie in the platform itself,
     /// so a panic here is caught too.
-    async fn mark_failed(&self, out: &Arc<dyn Outbound>, record: &InflightReply) {
+    async fn mark_failed(&self, out: &Paced, record: &InflightReply) {
         let noted = std::panic::AssertUnwindSafe(self.mark_interrupted(out, record, FAILED_NOTICE))
             .catch_unwind()
             .await;
@@ -436,49 +491,89 @@ impl Manager {
         }
     }
 
-    async fn work(&self, job: &Job) {
+    async fn work(&self, job: &Job, note: Option<PostedNote>) {
         if job.inbound.invocation == Invocation::Command {
             let parsed = commands::parse(&job.inbound.text);
             let reply =
                 commands::execute(&self.inner.services, &job.inbound, parsed, now_ms()).await;
-            self.post(&job.out, &job.inbound, reply.text, reply.private)
+            self.post(&job.out, &job.inbound, None, reply.text, reply.private)
                 .await;
             return;
         }
-        self.converse(&job.inbound, &job.out).await;
+        self.converse(&job.inbound, &job.out, note).await;
     }
 
-    /// Posts a short answer (commands, refusals), split if needed, as a reply.
-    async fn post(&self, out: &Arc<dyn Outbound>, inbound: &Inbound, text: String, private: bool) {
+    /// Posts a short answer (commands, refusals) to `inbound`, split if needed; a queued
+    /// question's note becomes its first part.
+    async fn post(
+        &self,
+        out: &Paced,
+        inbound: &Inbound,
+        note: Option<&PostedNote>,
+        text: String,
+        private: bool,
+    ) {
+        self.post_to(
+            out,
+            &inbound.channel,
+            &inbound.event_id,
+            note,
+            text,
+            private,
+        )
+        .await;
+    }
+
+    async fn post_to(
+        &self,
+        out: &Paced,
+        channel: &ChannelKey,
+        reply_to: &str,
+        note: Option<&PostedNote>,
+        text: String,
+        private: bool,
+    ) {
         let limits = out.limits();
-        let pacer = self.pacer(&inbound.channel, out);
         for (index, part) in split(&text, limits.max_message_len, limits.length_unit)
             .iter()
             .enumerate()
         {
-            let message = OutMessage {
-                text: part.render(),
-                reply_to: Some(inbound.event_id.clone()),
-                continuation: index > 0,
-                private,
-            };
+            let text = part.render();
+            let note = note.filter(|_| index == 0);
             for _ in 0..5 {
-                pacer.wait_turn().await;
-                match out.send(&inbound.channel, message.clone()).await {
-                    Ok(_) => break,
-                    Err(crate::platform::PlatformError::RateLimited { retry_after }) => {
-                        self.inner
-                            .services
-                            .metrics
-                            .platform_rate_limited(&inbound.channel.platform, 1);
-                        pacer.back_off(retry_after)
+                let result = match note {
+                    Some(note) => {
+                        out.edit(channel, &note.message, &text, false, Priority::Urgent)
+                            .await
                     }
+                    None => {
+                        let message = OutMessage {
+                            text: text.clone(),
+                            reply_to: Some(reply_to.to_owned()),
+                            continuation: index > 0,
+                            private,
+                            live: false,
+                        };
+                        out.send(channel, message, Priority::Urgent)
+                            .await
+                            .map(|_| ())
+                    }
+                };
+                match result {
+                    Ok(()) => break,
+                    // The pacing holds the channel back for the platform's retry-after.
+                    Err(PlatformError::RateLimited { .. }) => {}
                     Err(err) => {
-                        tracing::warn!(channel = %inbound.channel, %err, "cannot post a reply");
+                        tracing::warn!(channel = %channel, %err, "cannot post a reply");
                         break;
                     }
                 }
             }
+        }
+        if let Some(note) = note
+            && let Err(err) = self.inner.services.store.remove_inflight(note.record)
+        {
+            tracing::error!(%err, "cannot clear the queued note's record");
         }
     }
 
@@ -486,8 +581,9 @@ impl Manager {
     /// `reason`, like the turn line of a turn that ran.
     async fn refuse(
         &self,
-        out: &Arc<dyn Outbound>,
+        out: &Paced,
         inbound: &Inbound,
+        note: Option<&PostedNote>,
         reason: &'static str,
         text: String,
     ) {
@@ -498,11 +594,12 @@ impl Manager {
             reason,
             "question refused"
         );
-        self.post(out, inbound, text, false).await;
+        self.post(out, inbound, note, text, false).await;
     }
 
     /// One conversation turn.
-    async fn converse(&self, inbound: &Inbound, out: &Arc<dyn Outbound>) {
+    async fn converse(&self, inbound: &Inbound, out: &Paced, note: Option<PostedNote>) {
+        let note = note.as_ref();
         let services = &self.inner.services;
         let config = &services.config;
         let started = tokio::time::Instant::now();
@@ -513,7 +610,8 @@ impl Manager {
                 "Your message is {question_chars} characters long; the bot takes questions of up to {} characters. Shorten it, or send the text as a file.",
                 config.chat.max_question_chars
             );
-            self.refuse(out, inbound, "question_too_long", text).await;
+            self.refuse(out, inbound, note, "question_too_long", text)
+                .await;
             return;
         }
         if let Some(file) = inbound
@@ -527,7 +625,8 @@ impl Manager {
                 file.size.div_ceil(1 << 20),
                 config.chat.max_attachment_bytes >> 20
             );
-            self.refuse(out, inbound, "file_too_large", text).await;
+            self.refuse(out, inbound, note, "file_too_large", text)
+                .await;
             return;
         }
         let settings = match services.store.channel_settings(channel) {
@@ -535,7 +634,8 @@ impl Manager {
             Err(err) => {
                 tracing::error!(%err, "cannot read channel settings");
                 let text = "The bot cannot read its records right now. Try again later.";
-                self.refuse(out, inbound, "store_error", text.into()).await;
+                self.refuse(out, inbound, note, "store_error", text.into())
+                    .await;
                 return;
             }
         };
@@ -593,7 +693,7 @@ impl Manager {
                     BudgetError::Store(_) => "store_error",
                 };
                 let text = err.user_message(config.budget.period);
-                self.refuse(out, inbound, reason, text).await;
+                self.refuse(out, inbound, note, reason, text).await;
                 return;
             }
         };
@@ -611,14 +711,20 @@ impl Manager {
         if let Err(err) = services.store.append_turn(channel, &user_turn) {
             tracing::error!(%err, "cannot record the user's turn");
         }
+        // A queued note is the answer's first message: its record carries on.
         let inflight = InflightReply {
-            id: services.store.next_id().unwrap_or(reservation.ledger_id),
+            id: note.map_or_else(
+                || services.store.next_id().unwrap_or(reservation.ledger_id),
+                |note| note.record,
+            ),
             channel: channel.clone(),
             reply_to: inbound.event_id.clone(),
             ledger_id: Some(reservation.ledger_id),
             started_ms: now_ms(),
-            messages: Vec::new(),
-            last_text: String::new(),
+            messages: note
+                .map(|note| vec![note.message.clone()])
+                .unwrap_or_default(),
+            last_text: note.map(|note| note.text.clone()).unwrap_or_default(),
         };
         if let Err(err) = services.store.put_inflight(&inflight) {
             tracing::error!(%err, "cannot record the reply in flight");
@@ -632,10 +738,10 @@ impl Manager {
         let progress_record = Mutex::new(inflight.clone());
         let renderer = Renderer::start(
             Target {
-                out: out.clone(),
+                paced: out.clone(),
                 channel: channel.clone(),
                 reply_to: Some(inbound.event_id.clone()),
-                pacer: self.pacer(channel, out),
+                placeholder: note.map(|note| (note.message.clone(), note.text.clone())),
             },
             Some(Box::new(move |messages: &[MessageId], last_text: &str| {
                 let mut record = locked(&progress_record);
@@ -811,7 +917,6 @@ impl Manager {
         }
         metrics.reply_duration(&model, asked.elapsed());
         metrics.edits(platform, report.edits);
-        metrics.platform_rate_limited(platform, report.rate_limited);
         for cause in &retry_causes {
             metrics.poe_retry(cause);
         }
@@ -851,7 +956,8 @@ impl Manager {
         let mut recovered = 0;
         for record in records {
             if let Some(out) = platforms.get(&record.channel.platform) {
-                self.mark_interrupted(out, &record, RESTARTED_NOTICE).await;
+                let out = self.paced(&record.channel.platform, out.clone());
+                self.mark_interrupted(&out, &record, RESTARTED_NOTICE).await;
             }
             self.release_interrupted(&record);
             recovered += 1;
@@ -893,22 +999,18 @@ impl Manager {
 
     /// Tells the channel an answer was cut off: a final edit of its last message when the
     /// notice fits, otherwise a new message in reply to the question.
-    async fn mark_interrupted(
-        &self,
-        out: &Arc<dyn Outbound>,
-        record: &InflightReply,
-        notice: &str,
-    ) {
+    async fn mark_interrupted(&self, out: &Paced, record: &InflightReply, notice: &str) {
         let limits = out.limits();
         let amended = format!("{}\n\n{notice}", record.last_text);
         let fits = crate::core::render::split::measure(&amended, limits.length_unit)
             <= limits.max_message_len;
-        let pacer = self.pacer(&record.channel, out);
         let mut edit_first = fits && !record.last_text.is_empty() && !record.messages.is_empty();
         for _ in 0..5 {
-            pacer.wait_turn().await;
             let result = match record.messages.last() {
-                Some(last) if edit_first => out.edit(&record.channel, last, &amended).await,
+                Some(last) if edit_first => {
+                    out.edit(&record.channel, last, &amended, false, Priority::Urgent)
+                        .await
+                }
                 _ => out
                     .send(
                         &record.channel,
@@ -917,20 +1019,17 @@ impl Manager {
                             reply_to: Some(record.reply_to.clone()),
                             continuation: false,
                             private: false,
+                            live: false,
                         },
+                        Priority::Urgent,
                     )
                     .await
                     .map(|_| ()),
             };
             match result {
                 Ok(()) => return,
-                Err(crate::platform::PlatformError::RateLimited { retry_after }) => {
-                    self.inner
-                        .services
-                        .metrics
-                        .platform_rate_limited(&record.channel.platform, 1);
-                    pacer.back_off(retry_after)
-                }
+                // The pacing holds the channel back for the platform's retry-after.
+                Err(PlatformError::RateLimited { .. }) => {}
                 Err(err) => {
                     tracing::warn!(channel = %record.channel, %err, "cannot edit an interrupted reply");
                     if !edit_first {

@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod commands;
 pub mod cost;
 pub mod manager;
+pub mod pacing;
 pub mod period;
+pub mod queued;
 pub mod reconcile;
 pub mod render;

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{ChannelKey, Limits, MessageId, OutMessage, Outbound, PlatformError};
+use super::{ChannelKey, Limits, MessageId, OutMessage, Outbound, PlatformError, RateScope};
+use crate::core::pacing::{Permit, RequestRate};
 use crate::core::render::split::{LengthUnit, measure};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub struct Call {
     pub channel: ChannelKey,
     pub message: Option<MessageId>,
     pub text: String,
+    /// Sent as still being written (more edits follow).
+    pub live: bool,
     /// Whether the platform accepted it.
     pub accepted: bool,
 }
@@ -119,6 +122,11 @@ impl MemoryPlatform {
             min_channel_interval: Duration::from_millis(1000),
             max_edits_per_message: None,
             typing_interval: Duration::from_secs(8),
+            requests: Some(RequestRate {
+                per_second: 40.0,
+                burst: 5.0,
+            }),
+            marks_live: false,
         })
     }
 
@@ -208,7 +216,10 @@ impl MemoryPlatform {
                     .front()
                     .map(|oldest| window.saturating_sub(now.duration_since(*oldest)))
                     .unwrap_or(window);
-                return Err(PlatformError::RateLimited { retry_after });
+                return Err(PlatformError::RateLimited {
+                    retry_after,
+                    scope: RateScope::Channel,
+                });
             }
             recent.push_back(now);
         }
@@ -242,6 +253,7 @@ impl Outbound for MemoryPlatform {
 
     async fn send(
         &self,
+        _permit: Permit,
         channel: &ChannelKey,
         message: OutMessage,
     ) -> Result<MessageId, PlatformError> {
@@ -257,6 +269,7 @@ impl Outbound for MemoryPlatform {
             channel: channel.clone(),
             message: result.as_ref().ok().map(|()| id.clone()),
             text: message.text.clone(),
+            live: message.live,
             accepted: result.is_ok(),
         };
         self.record(&mut state, call);
@@ -278,9 +291,11 @@ impl Outbound for MemoryPlatform {
 
     async fn edit(
         &self,
+        _permit: Permit,
         channel: &ChannelKey,
         id: &MessageId,
         text: &str,
+        live: bool,
     ) -> Result<(), PlatformError> {
         let now = Instant::now();
         let mut state = self.lock();
@@ -299,6 +314,7 @@ impl Outbound for MemoryPlatform {
             channel: channel.clone(),
             message: Some(id.clone()),
             text: text.to_owned(),
+            live,
             accepted: result.is_ok(),
         };
         self.record(&mut state, call);
@@ -312,13 +328,14 @@ impl Outbound for MemoryPlatform {
         Ok(())
     }
 
-    async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError> {
+    async fn typing(&self, _permit: Permit, channel: &ChannelKey) -> Result<(), PlatformError> {
         let call = Call {
             at: Instant::now(),
             kind: CallKind::Typing,
             channel: channel.clone(),
             message: None,
             text: String::new(),
+            live: false,
             accepted: true,
         };
         let mut state = self.lock();

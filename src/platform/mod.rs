@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::core::pacing::{Permit, RequestRate};
 use crate::core::render::split::LengthUnit;
 use crate::poe::FileSource;
 
@@ -108,6 +109,8 @@ pub struct OutMessage {
     pub continuation: bool,
     /// Only the caller should see it (Discord ephemeral replies), where the platform can.
     pub private: bool,
+    /// Still being written: more edits follow (Matrix marks such events as live, MSC4357).
+    pub live: bool,
 }
 
 /// A file a model produced (an image bot's picture), at a URL Poe serves.
@@ -133,36 +136,91 @@ pub struct Limits {
     pub max_edits_per_message: Option<u32>,
     /// How often to repeat the typing notice while waiting.
     pub typing_interval: Duration,
+    /// The bot-wide allowance every call draws from (Discord's global limit, the
+    /// homeserver's limit on the account); `None` when the platform sets none.
+    pub requests: Option<RequestRate>,
+    /// The platform marks messages still being written (Matrix, MSC4357), so a message's
+    /// final edit must land even when its text did not change.
+    pub marks_live: bool,
+}
+
+/// Who a platform's "slow down" applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// The whole bot (Discord's global limit, the homeserver's limit on the account): every
+    /// channel slows down.
+    Bot,
+    /// This channel or route only.
+    Channel,
+}
+
+impl RateScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            RateScope::Bot => "bot",
+            RateScope::Channel => "channel",
+        }
+    }
+}
+
+/// A call the core is about to make, as [`Outbound::exempt_from_budget`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum PlannedCall<'a> {
+    /// A new message answering `reply_to`.
+    Send {
+        reply_to: Option<&'a str>,
+        private: bool,
+    },
+    Edit(&'a MessageId),
+    Typing,
+    File {
+        reply_to: Option<&'a str>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlatformError {
     #[error("rate limited by the platform for {retry_after:?}")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+        scope: RateScope,
+    },
     #[error("the platform refused: {detail}")]
     Failed { detail: String },
 }
 
-/// What the core asks of a platform.
+/// What the core asks of a platform. Every call takes a [`Permit`], which only the core's
+/// pacing hands out (after the call drew from the platform's budget), so nothing reaches a
+/// platform around it.
 #[async_trait]
 pub trait Outbound: Send + Sync {
     fn limits(&self) -> Limits;
+    /// Whether this call does not count against the platform's bot-wide limit (Discord's
+    /// interaction webhooks, Matrix typing notices). Exempt calls keep their channel's pacing.
+    fn exempt_from_budget(&self, _channel: &ChannelKey, _call: &PlannedCall<'_>) -> bool {
+        false
+    }
     async fn send(
         &self,
+        permit: Permit,
         channel: &ChannelKey,
         message: OutMessage,
     ) -> Result<MessageId, PlatformError>;
+    /// `live`: the message is still being written and more edits follow.
     async fn edit(
         &self,
+        permit: Permit,
         channel: &ChannelKey,
         message: &MessageId,
         text: &str,
+        live: bool,
     ) -> Result<(), PlatformError>;
-    async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError>;
+    async fn typing(&self, permit: Permit, channel: &ChannelKey) -> Result<(), PlatformError>;
     /// Posts a file from a model's answer. The answer's text already links to it, so a
     /// platform that cannot carry files keeps this default and posts nothing.
     async fn send_file(
         &self,
+        _permit: Permit,
         _channel: &ChannelKey,
         _file: &OutFile,
         _reply_to: Option<&str>,

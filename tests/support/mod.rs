@@ -166,6 +166,8 @@ pub fn quick_platform() -> poe_relay::platform::memory::MemoryPlatform {
         min_channel_interval: Duration::from_millis(10),
         max_edits_per_message: None,
         typing_interval: Duration::from_millis(200),
+        requests: None,
+        marks_live: false,
     })
 }
 

@@ -152,6 +152,15 @@ pub fn split(text: &str, limit: usize, unit: LengthUnit) -> Vec<Part> {
     parts
 }
 
+/// What closes the code fence `text` ends inside ("\n```", or "```" after a line break),
+/// read as one message; `None` when every fence in it is closed. A message still being
+/// written shows its code as code this way, instead of leaving the fence dangling.
+pub fn open_fence_closer(text: &str) -> Option<String> {
+    let mut tracker = Tracker::default();
+    tracker.lines(text);
+    tracker.open.map(|fence| fence.close(text))
+}
+
 /// Kinds of boundary, most preferred first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

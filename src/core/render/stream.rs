@@ -2,11 +2,18 @@
 //!
 //! The producer (the conversation) appends text; a task owned by the renderer decides when
 //! to send and edit. Typing shows until the first text; the first message goes out on the
-//! first text; after that each message is edited at most once per `min_edit_interval`, every
-//! call in a channel is spaced by `min_channel_interval`, a platform 429 pushes the channel's
-//! next slot back by its retry-after, and Matrix-style edit caps are kept for intermediate
-//! edits while the final edit always lands. Every call renders from the whole text so far,
-//! so a refused call loses nothing: the next one carries the same text.
+//! first text; after that each message is edited at most once per `min_edit_interval`, and
+//! every call waits its turn in the channel and in the platform's bot-wide budget
+//! ([`crate::core::pacing`]): first messages and final edits go first, intermediate edits
+//! queue behind them by how long their text has lagged, so edits come further apart by
+//! themselves when many replies share the budget. Matrix-style edit caps are kept for
+//! intermediate edits while the final edit always lands.
+//!
+//! The text of a call is rendered when its turn comes, from the whole answer so far, so a
+//! call that waited carries everything produced meanwhile and a refused call loses nothing:
+//! the next one carries the same text. While a message is still being written it is shown
+//! live: a code fence the text has opened but not closed yet is closed in the view (the final
+//! text is exactly the model's), and the platform is told more edits follow.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,8 +24,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::split::{Part, measure, split};
-use crate::platform::{ChannelKey, Limits, MessageId, OutMessage, Outbound, PlatformError};
+use super::split::{Part, measure, open_fence_closer, split};
+use crate::core::pacing::{Paced, Priority};
+use crate::platform::{ChannelKey, Limits, MessageId, OutMessage, PlannedCall, PlatformError};
 
 /// How an answer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,51 +36,6 @@ pub enum Ending {
     Failed {
         notice: String,
     },
-}
-
-/// Spaces out one channel's calls and holds back after a platform 429. Shared by every
-/// renderer writing to the channel.
-#[derive(Debug)]
-pub struct ChannelPacer {
-    interval: Duration,
-    next_slot: Mutex<Instant>,
-}
-
-impl ChannelPacer {
-    pub fn new(interval: Duration) -> Self {
-        ChannelPacer {
-            interval,
-            next_slot: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn slot(&self) -> MutexGuard<'_, Instant> {
-        self.next_slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Waits for this channel's next free slot and takes it.
-    pub async fn wait_turn(&self) {
-        let turn = {
-            let mut next = self.slot();
-            let turn = (*next).max(Instant::now());
-            *next = turn + self.interval;
-            turn
-        };
-        tokio::time::sleep_until(turn).await;
-    }
-
-    /// Nothing is scheduled: a new pacer would behave the same.
-    pub fn is_idle(&self) -> bool {
-        *self.slot() <= Instant::now()
-    }
-
-    /// The platform said to wait: nothing goes out in this channel before then.
-    pub fn back_off(&self, retry_after: Duration) {
-        let mut next = self.slot();
-        *next = (*next).max(Instant::now() + retry_after);
-    }
 }
 
 /// What the renderer did, for logs, the in-flight record and benchmarks.
@@ -99,6 +62,8 @@ pub type ProgressHook =
 struct Shared {
     state: Mutex<Produced>,
     changed: Notify,
+    /// Told once the answer has ended, so a waiting intermediate edit becomes a final one.
+    ended: Notify,
 }
 
 #[derive(Default)]
@@ -106,6 +71,20 @@ struct Produced {
     text: String,
     version: u64,
     ending: Option<Ending>,
+    /// Since when the chat has been behind the text: the scheduler serves the reply that
+    /// has lagged longest first.
+    behind_since: Option<Instant>,
+    /// When text first arrived after the last call took its snapshot.
+    since_snapshot: Option<Instant>,
+}
+
+impl Produced {
+    fn changed(&mut self) {
+        self.version += 1;
+        let now = Instant::now();
+        self.behind_since.get_or_insert(now);
+        self.since_snapshot.get_or_insert(now);
+    }
 }
 
 impl Shared {
@@ -134,10 +113,12 @@ impl Drop for Renderer {
 
 /// Everything the render task needs to reach the chat.
 pub struct Target {
-    pub out: Arc<dyn Outbound>,
+    pub paced: Paced,
     pub channel: ChannelKey,
     pub reply_to: Option<String>,
-    pub pacer: Arc<ChannelPacer>,
+    /// A message already in the chat that the answer takes over (the note that said the
+    /// question was queued), with its text.
+    pub placeholder: Option<(MessageId, String)>,
 }
 
 impl Renderer {
@@ -145,9 +126,9 @@ impl Renderer {
         let shared = Arc::new(Shared {
             state: Mutex::new(Produced::default()),
             changed: Notify::new(),
+            ended: Notify::new(),
         });
-        let limits = target.out.limits();
-        let task = tokio::spawn(render(target, limits, shared.clone(), progress));
+        let task = tokio::spawn(render(target, shared.clone(), progress));
         Renderer {
             shared,
             task: Some(task),
@@ -160,7 +141,7 @@ impl Renderer {
         }
         let mut state = self.shared.lock();
         state.text.push_str(text);
-        state.version += 1;
+        state.changed();
         drop(state);
         self.shared.changed.notify_one();
     }
@@ -169,7 +150,7 @@ impl Renderer {
         let mut state = self.shared.lock();
         state.text.clear();
         state.text.push_str(text);
-        state.version += 1;
+        state.changed();
         drop(state);
         self.shared.changed.notify_one();
     }
@@ -183,6 +164,7 @@ impl Renderer {
     pub async fn finish(mut self, ending: Ending) -> RenderReport {
         self.shared.lock().ending = Some(ending);
         self.shared.changed.notify_one();
+        self.shared.ended.notify_one();
         let Some(task) = self.task.take() else {
             return RenderReport::default();
         };
@@ -202,7 +184,14 @@ impl Renderer {
 
 struct Shown {
     id: MessageId,
-    text: String,
+    /// The part of the answer the message shows (its text once finished).
+    source: String,
+    /// What the chat shows: `source`, or its live view.
+    view: String,
+    /// Shown as still being written.
+    live: bool,
+    /// The queued note the answer took over: its first edit is the answer's first text.
+    placeholder: bool,
     edits: u32,
     last_call: Instant,
 }
@@ -233,29 +222,120 @@ fn desired(text: &str, ending: Option<&Ending>, limits: &Limits) -> Vec<String> 
     parts
 }
 
+/// How a message still being written is shown: a code fence it leaves open is closed, so the
+/// chat never shows half a code block swallowing the rest. Text is left out at the end when
+/// the closing marker would not fit otherwise.
+fn live_view(part: &str, limits: &Limits) -> String {
+    let mut text = part;
+    for _ in 0..4 {
+        let Some(closer) = open_fence_closer(text) else {
+            return text.to_owned();
+        };
+        let room = limits
+            .max_message_len
+            .saturating_sub(measure(&closer, limits.length_unit));
+        if measure(text, limits.length_unit) <= room {
+            return format!("{text}{closer}");
+        }
+        // Shorten to fit, at a character boundary, and look again (the cut may have
+        // removed the fence's own opening line).
+        let mut end = 0;
+        let mut used = 0;
+        for (index, c) in text.char_indices() {
+            let width = match limits.length_unit {
+                super::split::LengthUnit::Chars => 1,
+                super::split::LengthUnit::Utf8Bytes => c.len_utf8(),
+            };
+            if used + width > room.saturating_sub(1) {
+                break;
+            }
+            used += width;
+            end = index + c.len_utf8();
+        }
+        text = &text[..end];
+    }
+    text.to_owned()
+}
+
 /// Tries per call before the renderer gives up on a part the platform keeps refusing.
 const MAX_FAILURES: u32 = 3;
 
+/// The first message that differs from what it should show and may be written, with when.
+fn next_due(
+    parts: &[String],
+    shown: &[Shown],
+    finished: impl Fn(usize) -> bool,
+    limits: &Limits,
+    now: Instant,
+) -> Option<(usize, Instant)> {
+    let mut due: Option<(usize, Instant)> = None;
+    for (index, part) in parts.iter().enumerate() {
+        let is_final = finished(index);
+        let ready_at = match shown.get(index) {
+            None => Some(now),
+            Some(message)
+                if message.source == *part
+                    && (!message.live
+                        || !is_final
+                        || (!limits.marks_live && message.view == *part)) =>
+            {
+                continue;
+            }
+            Some(message) if message.placeholder => Some(now),
+            Some(message) => {
+                let capped = limits
+                    .max_edits_per_message
+                    .is_some_and(|cap| message.edits + 1 >= cap);
+                (is_final || !capped).then(|| message.last_call + limits.min_edit_interval)
+            }
+        };
+        if let Some(at) = ready_at {
+            if due.is_none_or(|(_, best)| at < best) {
+                due = Some((index, at));
+            }
+            if at <= now {
+                return Some((index, at));
+            }
+        }
+    }
+    due
+}
+
 async fn render(
     target: Target,
-    limits: Limits,
     shared: Arc<Shared>,
     progress: Option<ProgressHook>,
 ) -> RenderReport {
+    let limits = target.paced.limits().clone();
     let mut report = RenderReport::default();
     let mut shown: Vec<Shown> = Vec::new();
+    if let Some((id, text)) = &target.placeholder {
+        report.messages.push(id.clone());
+        shown.push(Shown {
+            id: id.clone(),
+            source: text.clone(),
+            view: text.clone(),
+            live: true,
+            placeholder: true,
+            edits: 0,
+            last_call: Instant::now(),
+        });
+    }
     let mut next_typing = Instant::now();
     let mut failures = 0;
     let mut parts: Vec<String> = Vec::new();
     let mut rendered_version = u64::MAX;
+    let refresh = |parts: &mut Vec<String>, rendered_version: &mut u64, state: &Produced| {
+        if state.version != *rendered_version || state.ending.is_some() {
+            *parts = desired(&state.text, state.ending.as_ref(), &limits);
+            *rendered_version = state.version;
+        }
+    };
     loop {
         let notified = shared.changed.notified();
         let ending = {
             let state = shared.lock();
-            if state.version != rendered_version || state.ending.is_some() {
-                parts = desired(&state.text, state.ending.as_ref(), &limits);
-                rendered_version = state.version;
-            }
+            refresh(&mut parts, &mut rendered_version, &state);
             state.ending.clone()
         };
         if ending.is_some() {
@@ -264,39 +344,19 @@ async fn render(
                 parts.push("…".into());
             }
         }
+        let ended = ending.is_some();
+        let count = parts.len();
+        let finished = |index: usize| index + 1 < count || ended;
         let now = Instant::now();
-        // The first part that differs from the chat and may be written now, or when.
-        let mut due: Option<(usize, Instant)> = None;
-        for (index, part) in parts.iter().enumerate() {
-            let ready_at = match shown.get(index) {
-                None => Some(now),
-                Some(message) if &message.text == part => continue,
-                Some(message) => {
-                    let is_final = index + 1 < parts.len() || ending.is_some();
-                    let capped = limits
-                        .max_edits_per_message
-                        .is_some_and(|cap| message.edits + 1 >= cap);
-                    (is_final || !capped).then(|| message.last_call + limits.min_edit_interval)
-                }
-            };
-            if let Some(at) = ready_at {
-                if due.is_none_or(|(_, best)| at < best) {
-                    due = Some((index, at));
-                }
-                if at <= now {
-                    due = Some((index, at));
-                    break;
-                }
-            }
-        }
-        let Some((index, ready_at)) = due else {
-            if ending.is_some() && shown.len() >= parts.len() {
+        let Some((index, ready_at)) = next_due(&parts, &shown, finished, &limits, now) else {
+            if ended && shown.len() >= parts.len() {
                 return report;
             }
-            // Nothing to write: wait for more text, showing typing until the first message.
-            if shown.is_empty() && ending.is_none() {
+            // Nothing to write: wait for more text, showing typing until the answer shows.
+            let answer_shown = shown.iter().any(|message| !message.placeholder);
+            if !answer_shown && !ended {
                 if Instant::now() >= next_typing {
-                    let _ = target.out.typing(&target.channel).await;
+                    target.paced.typing(&target.channel).await;
                     next_typing = Instant::now() + limits.typing_interval;
                 }
                 let _ = tokio::time::timeout_at(next_typing, notified).await;
@@ -309,44 +369,91 @@ async fn render(
             tokio::time::sleep_until(ready_at).await;
             continue;
         }
-        let text = parts[index].clone();
+
+        // Its turn: the channel's spacing and the platform's budget.
+        let existing = shown.get(index);
+        let urgent = finished(index) || existing.is_none_or(|message| message.placeholder);
+        let priority = if urgent {
+            Priority::Urgent
+        } else {
+            Priority::CatchUp {
+                behind_since: shared.lock().behind_since.unwrap_or(now),
+            }
+        };
+        let planned = match existing {
+            Some(message) => PlannedCall::Edit(&message.id),
+            None => PlannedCall::Send {
+                reply_to: target.reply_to.as_deref(),
+                private: false,
+            },
+        };
+        let ended_notice = shared.ended.notified();
+        let turn = tokio::select! {
+            turn = target.paced.turn(&target.channel, planned, priority) => turn,
+            // The answer ended while an intermediate edit waited: it is a final edit now,
+            // which goes first.
+            _ = ended_notice, if !urgent => continue,
+        };
+
+        // Render now, from everything produced while the call waited.
+        let (text, live) = {
+            let mut state = shared.lock();
+            refresh(&mut parts, &mut rendered_version, &state);
+            if state.ending.is_some() {
+                while parts.len() < shown.len() {
+                    parts.push("…".into());
+                }
+            }
+            let Some(part) = parts.get(index) else {
+                // A replacement made the answer shorter than this part: nothing to show.
+                continue;
+            };
+            let live = !(index + 1 < parts.len() || state.ending.is_some());
+            state.since_snapshot = None;
+            let view = if live {
+                live_view(part, &limits)
+            } else {
+                part.clone()
+            };
+            (view, live)
+        };
+        let source = parts[index].clone();
         if let Some(hook) = &progress
             && index + 1 == shown.len()
         {
             hook(&report.messages, &text).await;
         }
-        target.pacer.wait_turn().await;
         let result = match shown.get(index) {
-            None => target
-                .out
-                .send(
-                    &target.channel,
-                    OutMessage {
-                        text: text.clone(),
-                        reply_to: target.reply_to.clone(),
-                        continuation: index > 0,
-                        private: false,
-                    },
-                )
+            None => turn
+                .send(OutMessage {
+                    text: text.clone(),
+                    reply_to: target.reply_to.clone(),
+                    continuation: index > 0,
+                    private: false,
+                    live,
+                })
                 .await
                 .map(Some),
-            Some(message) => target
-                .out
-                .edit(&target.channel, &message.id, &text)
-                .await
-                .map(|()| None),
+            Some(message) => turn.edit(&message.id, &text, live).await.map(|()| None),
         };
         match result {
             Ok(new_id) => {
                 failures = 0;
                 let now = Instant::now();
+                {
+                    let mut state = shared.lock();
+                    state.behind_since = state.since_snapshot;
+                }
                 match new_id {
                     Some(id) => {
                         report.sends += 1;
                         report.messages.push(id.clone());
                         shown.push(Shown {
                             id,
-                            text,
+                            source,
+                            view: text,
+                            live,
+                            placeholder: false,
                             edits: 0,
                             last_call: now,
                         });
@@ -354,7 +461,10 @@ async fn render(
                     None => {
                         report.edits += 1;
                         if let Some(message) = shown.get_mut(index) {
-                            message.text = text;
+                            message.source = source;
+                            message.view = text;
+                            message.live = live;
+                            message.placeholder = false;
                             message.edits += 1;
                             message.last_call = now;
                         }
@@ -362,14 +472,15 @@ async fn render(
                 }
                 if let (Some(hook), Some(last)) = (&progress, shown.last())
                     && last.edits == 0
+                    && !last.placeholder
                 {
                     // A new message: its id is known only now.
-                    hook(&report.messages, &last.text).await;
+                    hook(&report.messages, &last.view).await;
                 }
             }
-            Err(PlatformError::RateLimited { retry_after }) => {
+            Err(PlatformError::RateLimited { .. }) => {
+                // The pacing has held the channel (and, for the whole bot, the budget) back.
                 report.rate_limited += 1;
-                target.pacer.back_off(retry_after);
             }
             Err(PlatformError::Failed { detail }) => {
                 report.failed_calls += 1;
@@ -379,9 +490,10 @@ async fn render(
                     report.gave_up = true;
                     return report;
                 }
-                target
-                    .pacer
-                    .back_off(Duration::from_millis(500 * u64::from(failures)));
+                target.paced.hold_channel(
+                    &target.channel,
+                    Duration::from_millis(500 * u64::from(failures)),
+                );
             }
         }
     }
@@ -390,20 +502,69 @@ async fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::render::split::LengthUnit;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pacer_is_idle_only_once_its_next_slot_has_passed() {
-        let pacer = ChannelPacer::new(Duration::from_millis(250));
-        assert!(pacer.is_idle());
-        pacer.wait_turn().await;
-        assert!(!pacer.is_idle(), "the next slot is 250 ms away");
-        tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(pacer.is_idle());
-        // A platform's back-off is kept as long as it lasts.
-        pacer.back_off(Duration::from_secs(5));
-        tokio::time::advance(Duration::from_secs(4)).await;
-        assert!(!pacer.is_idle());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(pacer.is_idle());
+    fn limits(max: usize) -> Limits {
+        Limits {
+            max_message_len: max,
+            length_unit: LengthUnit::Chars,
+            min_edit_interval: Duration::from_millis(100),
+            min_channel_interval: Duration::from_millis(10),
+            max_edits_per_message: None,
+            typing_interval: Duration::from_secs(8),
+            requests: None,
+            marks_live: false,
+        }
+    }
+
+    fn fences(text: &str) -> usize {
+        text.lines()
+            .filter(|line| line.trim_start().starts_with("```"))
+            .count()
+    }
+
+    #[test]
+    fn a_live_view_closes_the_fence_the_text_left_open() {
+        let limits = limits(2000);
+        assert_eq!(live_view("plain text", &limits), "plain text");
+        assert_eq!(
+            live_view("Here:\n```rust\nfn main() {", &limits),
+            "Here:\n```rust\nfn main() {\n```"
+        );
+        assert_eq!(
+            live_view("Here:\n```rust\nfn main() {}\n", &limits),
+            "Here:\n```rust\nfn main() {}\n```"
+        );
+        // An opening line still arriving is a fence already.
+        assert_eq!(live_view("Here:\n```ru", &limits), "Here:\n```ru\n```");
+        // Closed fences are left alone; tildes close with tildes.
+        let closed = "```\ncode\n```\nafter";
+        assert_eq!(live_view(closed, &limits), closed);
+        assert_eq!(live_view("~~~~\ncode", &limits), "~~~~\ncode\n~~~~");
+    }
+
+    #[test]
+    fn a_live_view_that_would_not_fit_leaves_text_out_instead() {
+        let limits = limits(20);
+        let text = "```\n0123456789abcdef";
+        assert_eq!(text.chars().count(), 20);
+        let view = live_view(text, &limits);
+        assert!(view.chars().count() <= 20, "{view:?}");
+        assert!(view.ends_with("\n```"), "{view:?}");
+        assert_eq!(fences(&view) % 2, 0, "{view:?}");
+        assert!(text.starts_with(view.trim_end_matches("\n```")), "{view:?}");
+    }
+
+    #[test]
+    fn every_prefix_of_a_code_answer_shows_balanced_fences_live() {
+        let answer =
+            "Intro.\n\n```python\ndef f(x):\n    return x * 2\n```\n\nThen:\n\n~~~\nraw\n~~~\nend";
+        let limits = limits(2000);
+        for end in (0..=answer.len()).filter(|end| answer.is_char_boundary(*end)) {
+            let view = live_view(&answer[..end], &limits);
+            let backticks = fences(&view);
+            assert_eq!(backticks % 2, 0, "{view:?}");
+            assert!(view.starts_with(&answer[..end]), "{view:?}");
+        }
     }
 }

@@ -23,7 +23,7 @@ use crate::config::DiscordConfig;
 use crate::core::manager::{Disposition, Manager};
 use crate::lanes::{self, Lanes};
 use crate::platform::{
-    ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound, download,
+    ChannelKey, Inbound, InboundFile, Invocation, Outbound, PlatformError, RateScope, download,
 };
 use crate::poe::FileSource;
 
@@ -154,18 +154,14 @@ impl Receiver {
             Request::Ask(question) => (Invocation::Message, question),
             Request::Command(text) => (Invocation::Command, text),
             Request::Invalid(reason) => {
-                let out = self.out.clone();
+                let out: Arc<dyn Outbound> = self.out.clone();
+                let manager = self.manager.clone();
                 let channel = ChannelKey::new(PLATFORM, &interaction.channel_id.to_string());
                 tokio::spawn(async move {
-                    let message = OutMessage {
-                        text: format!("{reason} Try `/poe help`."),
-                        reply_to: Some(id.to_string()),
-                        continuation: false,
-                        private: true,
-                    };
-                    if let Err(err) = out.send(&channel, message).await {
-                        tracing::warn!(%err, "discord: cannot answer a malformed command");
-                    }
+                    let text = format!("{reason} Try `/poe help`.");
+                    manager
+                        .tell(out, &channel, &id.to_string(), text, true)
+                        .await;
                 });
                 return;
             }
@@ -191,6 +187,18 @@ impl Receiver {
         self.queue(
             interaction.channel_id.get(),
             Work::Command(Box::new(inbound)),
+        );
+    }
+
+    /// serenity met Discord's global limit: every channel slows down.
+    pub fn global_limit(&self, retry_after: std::time::Duration) {
+        let out: Arc<dyn Outbound> = self.out.clone();
+        self.manager.paced(PLATFORM, out).report(
+            &PlatformError::RateLimited {
+                retry_after,
+                scope: RateScope::Bot,
+            },
+            true,
         );
     }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use serenity::all::{
     ClientBuilder, CommandDataOptionValue, CommandInteraction, ConnectionStage, Context,
     EventHandler, GatewayError, GatewayIntents, GuildId, Http, HttpBuilder, HttpError, Interaction,
-    Message, Ready, ResumedEvent, ShardStageUpdateEvent,
+    Message, RatelimitInfo, Ready, ResumedEvent, ShardStageUpdateEvent,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -91,6 +91,9 @@ enum GatewayEvent {
         private: bool,
     },
     Autocomplete(Box<CommandInteraction>),
+    /// serenity's rate limiter met Discord's global limit (production only: it is off
+    /// against a fake Discord).
+    GlobalLimit(std::time::Duration),
 }
 
 struct Handler {
@@ -116,6 +119,16 @@ impl EventHandler for Handler {
         let _ = self.events.send(GatewayEvent::Connected(
             event.new == ConnectionStage::Connected,
         ));
+    }
+
+    async fn ratelimit(&self, info: RatelimitInfo) {
+        // Route buckets serenity waits out itself (it also reports waits that were no 429);
+        // the global limit concerns every channel, so the bot's budget must hear of it.
+        if info.global {
+            let _ = self.events.send(GatewayEvent::GlobalLimit(info.timeout));
+        } else {
+            tracing::debug!(path = %info.path, timeout = ?info.timeout, "discord: serenity waits for a route's rate limit");
+        }
     }
 
     async fn message(&self, _ctx: Context, message: Message) {
@@ -267,7 +280,11 @@ impl Discord {
         }
         let plain_http = allow_plain_http_files || config.api_base.is_some();
         Ok(Discord {
-            out: Arc::new(DiscordOutbound::new(client.http.clone(), plain_http)),
+            out: Arc::new(DiscordOutbound::new(
+                client.http.clone(),
+                config.max_requests_per_second,
+                plain_http,
+            )),
             client,
             events,
             config: config.clone(),
@@ -335,6 +352,10 @@ impl Discord {
                     Some(GatewayEvent::Message(message)) => receiver.accept_message(*message),
                     Some(GatewayEvent::Command { interaction, request, rights, private }) => {
                         receiver.accept_command(*interaction, request, rights, private)
+                    }
+                    Some(GatewayEvent::GlobalLimit(retry_after)) => {
+                        tracing::warn!(?retry_after, "discord: the bot met Discord's global rate limit; lower discord.max_requests_per_second if this repeats");
+                        receiver.global_limit(retry_after);
                     }
                     Some(GatewayEvent::Autocomplete(interaction)) => {
                         let receiver = receiver.clone();

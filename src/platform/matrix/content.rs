@@ -3,7 +3,9 @@
 //! Built by hand so every event carries exactly what clients need: a plain `body`, HTML
 //! rendered from the model's markdown, a reply (and thread) relation, and an empty
 //! `m.mentions` so the bot never pings anyone. An edit is an `m.replace` whose
-//! `m.new_content` holds the full new text.
+//! `m.new_content` holds the full new text. While a message is still being written, the event
+//! and its edits (their `m.new_content` too) carry MSC4357's `org.matrix.msc4357.live` marker,
+//! so clients that know it show the message as live; the final edit leaves it out.
 
 use matrix_sdk::ruma::events::room::message::FormattedBody;
 use serde_json::{Map, Value, json};
@@ -25,24 +27,40 @@ pub struct Relation<'a> {
     pub thread_root: Option<&'a str>,
 }
 
-/// The content of a new message.
-pub fn message(text: &str, relation: &Relation<'_>) -> Value {
+/// MSC4357's marker of a message still being written.
+pub const LIVE: &str = "org.matrix.msc4357.live";
+
+/// The room state event with which a room turns live messages off.
+pub const LIVE_MESSAGING: &str = "org.matrix.msc4357.live_messaging";
+
+/// The content of a new message; `live`: more edits follow.
+pub fn message(text: &str, relation: &Relation<'_>, live: bool) -> Value {
     let mut content = body(text, true);
     if let Some(relates_to) = relates_to(relation) {
         content.insert("m.relates_to".into(), relates_to);
     }
+    mark_live(&mut content, live);
     fit(content)
 }
 
-/// The content of an edit that makes `original` read `text`.
-pub fn edit(original: &str, text: &str) -> Value {
+/// The content of an edit that makes `original` read `text`; `live`: more edits follow.
+pub fn edit(original: &str, text: &str, live: bool) -> Value {
     let mut content = body(&format!("* {text}"), false);
-    content.insert("m.new_content".into(), Value::Object(body(text, true)));
+    let mut new_content = body(text, true);
+    mark_live(&mut new_content, live);
+    mark_live(&mut content, live);
+    content.insert("m.new_content".into(), Value::Object(new_content));
     content.insert(
         "m.relates_to".into(),
         json!({ "rel_type": "m.replace", "event_id": original }),
     );
     fit(content)
+}
+
+fn mark_live(content: &mut Map<String, Value>, live: bool) {
+    if live {
+        content.insert(LIVE.into(), json!({}));
+    }
 }
 
 fn body(text: &str, with_html: bool) -> Map<String, Value> {
@@ -132,6 +150,7 @@ mod tests {
                 reply_to: Some("$trigger"),
                 thread_root: None,
             },
+            false,
         );
         assert_eq!(content["msgtype"], "m.text");
         assert_eq!(content["format"], "org.matrix.custom.html");
@@ -147,7 +166,7 @@ mod tests {
 
     #[test]
     fn plain_text_has_no_html() {
-        let content = message("just words", &Relation::default());
+        let content = message("just words", &Relation::default(), false);
         assert!(content.get("formatted_body").is_none());
         assert!(content.get("m.relates_to").is_none());
     }
@@ -160,6 +179,7 @@ mod tests {
                 reply_to: Some("$q"),
                 thread_root: Some("$root"),
             },
+            false,
         );
         assert_eq!(
             answer["m.relates_to"],
@@ -176,13 +196,14 @@ mod tests {
                 reply_to: None,
                 thread_root: Some("$root"),
             },
+            false,
         );
         assert_eq!(continuation["m.relates_to"]["is_falling_back"], true);
     }
 
     #[test]
     fn edits_carry_the_new_content() {
-        let content = edit("$orig", "new **text**");
+        let content = edit("$orig", "new **text**", false);
         assert_eq!(content["body"], "* new **text**");
         assert_eq!(
             content["m.relates_to"],
@@ -200,10 +221,24 @@ mod tests {
     }
 
     #[test]
+    fn a_message_being_written_is_marked_live_and_its_final_edit_is_not() {
+        let first = message("The answer so", &Relation::default(), true);
+        assert_eq!(first[LIVE], json!({}));
+        let edit_live = edit("$orig", "The answer so far", true);
+        assert_eq!(edit_live[LIVE], json!({}));
+        assert_eq!(edit_live["m.new_content"][LIVE], json!({}));
+        let last = edit("$orig", "The answer so far, done.", false);
+        assert!(last.get(LIVE).is_none(), "{last:#}");
+        assert!(last["m.new_content"].get(LIVE).is_none(), "{last:#}");
+        let at_once = message("All at once.", &Relation::default(), false);
+        assert!(at_once.get(LIVE).is_none(), "{at_once:#}");
+    }
+
+    #[test]
     fn an_edit_of_escape_heavy_text_still_fits() {
         // Control characters take six bytes each in JSON.
         let text = "\u{1}\"".repeat(4_000);
-        let content = edit("$orig", &text);
+        let content = edit("$orig", &text, false);
         assert!(
             encoded_len(&content) <= SEND_LIMIT_BYTES,
             "{}",
@@ -216,7 +251,7 @@ mod tests {
     fn oversized_html_is_dropped_not_the_text() {
         // `<` becomes `&lt;`: the HTML is four times the text.
         let text = "<".repeat(12_000);
-        let content = edit("$orig", &text);
+        let content = edit("$orig", &text, false);
         assert!(encoded_len(&content) <= MAX_CONTENT_BYTES);
         assert_eq!(content["m.new_content"]["body"], text.as_str());
         assert!(content["m.new_content"].get("formatted_body").is_none());

@@ -27,12 +27,13 @@ use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 
 use super::late_keys::LateKeys;
 use super::lock;
-use super::outbound::MatrixOutbound;
+use super::outbound::{MatrixOutbound, platform_error};
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
 use crate::config::MatrixConfig;
 use crate::core::manager::{Manager, now_ms};
+use crate::core::pacing::Paced;
 use crate::lanes::{self, Lanes};
-use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, OutMessage, Outbound};
+use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, Outbound};
 use crate::poe::FileSource;
 
 /// The platform name in channel keys and ledger entries.
@@ -355,15 +356,15 @@ impl Receiver {
     }
 
     async fn tell(&self, inbound: &Inbound, text: String) {
-        let message = OutMessage {
-            text,
-            reply_to: Some(inbound.event_id.clone()),
-            continuation: false,
-            private: false,
-        };
-        if let Err(err) = self.out.send(&inbound.channel, message).await {
-            tracing::warn!(%err, "cannot tell the user");
-        }
+        self.manager
+            .tell(
+                self.out.clone() as Arc<dyn Outbound>,
+                &inbound.channel,
+                &inbound.event_id,
+                text,
+                false,
+            )
+            .await;
     }
 }
 
@@ -462,12 +463,22 @@ pub fn is_own_invite(event: &StrippedRoomMemberEvent, own: &UserId) -> bool {
 }
 
 impl Receiver {
+    /// The bot's paced side: membership changes draw from the account's budget too.
+    fn paced(&self) -> Paced {
+        self.manager
+            .paced(PLATFORM, self.out.clone() as Arc<dyn Outbound>)
+    }
+
     /// Joins or declines an invite to the bot.
     pub async fn answer_invite(&self, room: Room, inviter: &UserId) {
         if !invite_allowed(&self.config, inviter) {
             tracing::info!(room = %room.room_id(), %inviter, "declining an invite from a user not in matrix.allowed_users or allowed_servers");
+            // Membership events count against the account's limit like messages.
+            let paced = self.paced();
+            paced.draw("membership").await;
             if let Err(err) = room.leave().await {
-                tracing::warn!(%err, "cannot decline the invite");
+                paced.report(&platform_error(err), true);
+                tracing::warn!(room = %room.room_id(), "cannot decline the invite");
             }
             return;
         }
@@ -475,19 +486,26 @@ impl Receiver {
             .entry(room.room_id().to_owned())
             .or_insert_with(now_ms);
         // A homeserver may announce the invite before it can be acted on; try a few times.
+        let paced = self.paced();
         let mut delay = std::time::Duration::from_millis(500);
         for attempt in 1..=5 {
+            paced.draw("membership").await;
             match room.join().await {
                 Ok(()) => {
                     tracing::info!(room = %room.room_id(), %inviter, "joined a room");
                     return;
                 }
-                Err(err) if attempt < 5 => {
+                Err(err) => {
+                    let err = platform_error(err);
+                    paced.report(&err, true);
+                    if attempt == 5 {
+                        tracing::warn!(room = %room.room_id(), %err, "cannot join a room");
+                        return;
+                    }
                     tracing::debug!(%err, attempt, "cannot join yet");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
-                Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot join a room"),
             }
         }
     }

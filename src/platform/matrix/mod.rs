@@ -99,7 +99,11 @@ impl Matrix {
             }
         }
         Ok(Matrix {
-            out: Arc::new(MatrixOutbound::new(client.clone(), allow_plain_http_files)),
+            out: Arc::new(MatrixOutbound::new(
+                client.clone(),
+                config.send_rate(),
+                allow_plain_http_files,
+            )),
             client,
             config: config.clone(),
         })

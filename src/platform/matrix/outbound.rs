@@ -2,8 +2,14 @@
 //! notices and files.
 //!
 //! Sends are made without matrix-sdk's own retries: an `M_LIMIT_EXCEEDED` goes back to the
-//! renderer as [`PlatformError::RateLimited`] with the server's `retry_after_ms`, so the
-//! renderer paces the channel instead of stacking hidden retries under it.
+//! core as [`PlatformError::RateLimited`] for the whole account, with the server's
+//! `retry_after_ms`, so the core's pacing slows every room down instead of stacking hidden
+//! retries under it. Every event counts against the account's limit (Synapse's `rc_message`);
+//! typing notices do not, so they are exempt from the bot's budget.
+//!
+//! A message still being written carries MSC4357's live marker, unless its room turned live
+//! messages off with an `org.matrix.msc4357.live_messaging` state event saying
+//! `enabled: false`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,17 +17,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use matrix_sdk::config::RequestConfig;
+use matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState;
 use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
+use matrix_sdk::ruma::events::StateEventType;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, RoomId, TransactionId};
 use matrix_sdk::{Client, Room};
 use serde_json::{Value, json};
 
 use super::content::{self, Relation, SEND_LIMIT_BYTES};
 use super::lock;
+use crate::core::pacing::{Permit, RequestRate};
 use crate::core::render::split::LengthUnit;
 use crate::platform::download;
 use crate::platform::{
-    ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlatformError,
+    ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlannedCall, PlatformError,
+    RateScope,
 };
 
 /// Longest message, in UTF-8 bytes. An edit carries the text twice plus its HTML, and
@@ -42,6 +52,8 @@ type SendKey = (ChannelKey, Option<String>, bool);
 #[derive(Clone)]
 pub struct MatrixOutbound {
     client: Client,
+    /// The account's allowance (`matrix.max_sends_per_second`); `None`: no limit.
+    requests: Option<RequestRate>,
     /// Transaction ids of sends that failed. A failure can come after the homeserver took
     /// the event (a proxy's 504, a timeout); the retry reuses the id, so the homeserver
     /// hands back that event instead of posting the message twice.
@@ -53,10 +65,15 @@ pub struct MatrixOutbound {
 }
 
 impl MatrixOutbound {
-    pub fn new(client: Client, allow_plain_http_files: bool) -> MatrixOutbound {
+    pub fn new(
+        client: Client,
+        requests: Option<RequestRate>,
+        allow_plain_http_files: bool,
+    ) -> MatrixOutbound {
         let downloads = download::client();
         MatrixOutbound {
             client,
+            requests,
             failed_sends: Arc::default(),
             downloads,
             allow_plain_http_files,
@@ -96,6 +113,42 @@ impl MatrixOutbound {
         Ok(MessageId(sent.response.event_id.to_string()))
     }
 
+    /// Whether `room` lets messages be marked live (MSC4357): unless its state turns it off.
+    async fn live_allowed(&self, room: &Room) -> bool {
+        let events = room
+            .get_state_events_for_keys(StateEventType::from(content::LIVE_MESSAGING), &[""])
+            .await
+            .unwrap_or_default();
+        !events.iter().any(|event| {
+            let enabled = match event {
+                RawAnySyncOrStrippedState::Sync(raw) => raw
+                    .get_field::<Value>("content")
+                    .ok()
+                    .flatten()
+                    .map(|content| content["enabled"].clone()),
+                RawAnySyncOrStrippedState::Stripped(raw) => raw
+                    .get_field::<Value>("content")
+                    .ok()
+                    .flatten()
+                    .map(|content| content["enabled"].clone()),
+            };
+            enabled == Some(Value::Bool(false))
+        })
+    }
+
+    async fn edit_event(
+        &self,
+        room: &Room,
+        message: &MessageId,
+        text: &str,
+        live: bool,
+    ) -> Result<(), PlatformError> {
+        let live = live && self.live_allowed(room).await;
+        self.send_content(room, content::edit(&message.0, text, live), None)
+            .await
+            .map(|_| ())
+    }
+
     /// The transaction id for a send, and whether it is a retry of one that failed.
     fn transaction_for(&self, key: &SendKey) -> (OwnedTransactionId, bool) {
         let mut failed = lock(&self.failed_sends);
@@ -117,7 +170,10 @@ pub fn platform_error(err: matrix_sdk::Error) -> PlatformError {
                 .unwrap_or(Duration::ZERO),
             None => Duration::from_secs(1),
         };
-        return PlatformError::RateLimited { retry_after };
+        return PlatformError::RateLimited {
+            retry_after,
+            scope: RateScope::Bot,
+        };
     }
     // A proxy in front of the homeserver may answer 429 without Matrix's error body.
     if err
@@ -126,6 +182,7 @@ pub fn platform_error(err: matrix_sdk::Error) -> PlatformError {
     {
         return PlatformError::RateLimited {
             retry_after: Duration::from_secs(1),
+            scope: RateScope::Bot,
         };
     }
     PlatformError::Failed {
@@ -145,11 +202,19 @@ impl Outbound for MatrixOutbound {
             max_edits_per_message: Some(60),
             // matrix-sdk announces typing for 4 s at a time.
             typing_interval: Duration::from_secs(3),
+            requests: self.requests,
+            marks_live: true,
         }
+    }
+
+    /// Typing notices are not events: the homeserver's message limit does not count them.
+    fn exempt_from_budget(&self, _channel: &ChannelKey, call: &PlannedCall<'_>) -> bool {
+        matches!(call, PlannedCall::Typing)
     }
 
     async fn send(
         &self,
+        _permit: Permit,
         channel: &ChannelKey,
         message: OutMessage,
     ) -> Result<MessageId, PlatformError> {
@@ -167,10 +232,11 @@ impl Outbound for MatrixOutbound {
             message.continuation,
         );
         let (transaction, retry) = self.transaction_for(&key);
+        let live = message.live && self.live_allowed(&room).await;
         let sent = self
             .send_content(
                 &room,
-                content::message(&message.text, &relation),
+                content::message(&message.text, &relation, live),
                 Some(&transaction),
             )
             .await;
@@ -184,8 +250,12 @@ impl Outbound for MatrixOutbound {
         if retry {
             // The homeserver may have handed back the event of the failed attempt, with
             // that attempt's text: make it show this one. Until this lands, the send
-            // counts as failed and its retry gets the same event back.
-            if let Err(err) = self.edit(channel, &sent, &message.text).await {
+            // counts as failed and its retry gets the same event back. (An event the core's
+            // budget did not count; it only follows a failed send.)
+            if let Err(err) = self
+                .edit_event(&room, &sent, &message.text, message.live)
+                .await
+            {
                 lock(&self.failed_sends).insert(key, (transaction, Instant::now()));
                 return Err(err);
             }
@@ -200,17 +270,17 @@ impl Outbound for MatrixOutbound {
 
     async fn edit(
         &self,
+        _permit: Permit,
         channel: &ChannelKey,
         message: &MessageId,
         text: &str,
+        live: bool,
     ) -> Result<(), PlatformError> {
         let room = self.room(channel)?;
-        self.send_content(&room, content::edit(&message.0, text), None)
-            .await
-            .map(|_| ())
+        self.edit_event(&room, message, text, live).await
     }
 
-    async fn typing(&self, channel: &ChannelKey) -> Result<(), PlatformError> {
+    async fn typing(&self, _permit: Permit, channel: &ChannelKey) -> Result<(), PlatformError> {
         let room = self.room(channel)?;
         // matrix-sdk retries typing notices for minutes; the renderer must not wait on one.
         match tokio::time::timeout(Duration::from_secs(2), room.typing_notice(true)).await {
@@ -223,6 +293,7 @@ impl Outbound for MatrixOutbound {
 
     async fn send_file(
         &self,
+        _permit: Permit,
         channel: &ChannelKey,
         file: &OutFile,
         reply_to: Option<&str>,
@@ -288,7 +359,7 @@ impl Outbound for MatrixOutbound {
             reply_to,
             thread_root: channel.thread.as_deref(),
         };
-        if let Value::Object(relates) = content::message("", &relation)
+        if let Value::Object(relates) = content::message("", &relation, false)
             && let Some(relates_to) = relates.get("m.relates_to")
         {
             content["m.relates_to"] = relates_to.clone();
