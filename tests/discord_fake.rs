@@ -813,6 +813,113 @@ async fn attachments_are_served_by_the_fake_over_loopback() {
     bot.stop().await;
 }
 
+/// Discord's global limit, as serenity meets it: 50 requests in any second over every route
+/// but the interaction endpoints; more are answered 429 with `global: true` and counted as
+/// invalid requests (toward Discord's IP ban); interaction callbacks and webhooks go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_limit_answers_429_globally_and_counts_invalid_requests() {
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let http = fake_http(&fake);
+    // A burst well inside one second, spread over many channels (no per-channel limit).
+    let calls = (0..60u64).map(|index| {
+        let http = &http;
+        async move {
+            http.broadcast_typing(ChannelId::new(CHANNEL + index))
+                .await
+                .err()
+                .as_ref()
+                .and_then(status)
+        }
+    });
+    let started = std::time::Instant::now();
+    let results = futures_util::future::join_all(calls).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the burst must fit in one second for this test to mean anything"
+    );
+    let limited = results
+        .iter()
+        .filter(|status| **status == Some(429))
+        .count();
+    let passed = results.iter().filter(|status| status.is_none()).count();
+    assert_eq!((passed, limited), (50, 10), "{results:?}");
+    assert_eq!(fake.global_rate_limited(), 10);
+    assert_eq!(fake.rate_limited(None), 0, "no channel limit was involved");
+    assert_eq!(
+        fake.invalid_requests(),
+        10,
+        "429s count towards Discord's ban"
+    );
+
+    // The 429 on the wire, as Discord documents it.
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v10/channels/{CHANNEL}/typing",
+            fake.api_base()
+        ))
+        .header("Authorization", format!("Bot {}", fake.bot_token()))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["x-ratelimit-global"], "true");
+    assert_eq!(response.headers()["x-ratelimit-scope"], "global");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["global"], true);
+    assert_eq!(body["message"], "You are being rate limited.");
+    let wait = body["retry_after"].as_f64().unwrap();
+    assert!(wait > 0.0 && wait <= 1.0, "{wait}");
+
+    // Interaction endpoints are outside the global limit: a command is still acknowledged.
+    let id = fake.dispatch_command(IncomingCommand::new(
+        CHANNEL,
+        alice(),
+        "poe",
+        json!([{"type": 1, "name": "help", "options": []}]),
+    ));
+    let token = fake.interaction(id).expect("recorded").token;
+    http.create_interaction_response(
+        InteractionId::new(id),
+        &token,
+        &json!({"type": 5}),
+        Vec::new(),
+    )
+    .await
+    .expect("the callback is not globally limited");
+    http.create_followup_message(
+        &token,
+        &json!({"content": "hi", "allowed_mentions": {"parse": []}}),
+        Vec::new(),
+    )
+    .await
+    .expect("nor are the interaction's webhook messages");
+
+    // A second later the window has moved on.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    http.broadcast_typing(ChannelId::new(CHANNEL))
+        .await
+        .expect("the limit is per second");
+    // 401s count towards the ban as well.
+    let unauthorized = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v10/channels/{CHANNEL}/typing",
+            fake.api_base()
+        ))
+        .header("Authorization", "Bot not-the-token")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unauthorized.status(), 401);
+    assert_eq!(fake.invalid_requests(), 12);
+}
+
 /// serenity's HTTP client pointed at the fake, for calls made by the test itself.
 fn fake_http(fake: &FakeDiscord) -> Http {
     HttpBuilder::new(fake.bot_token())

@@ -1,7 +1,8 @@
 //! A chat platform that lives in memory: it records every call with its time, keeps each
-//! message's current text, and can refuse calls the way real platforms do (injected 429s and
-//! failures, or a per-channel rate limit it enforces itself). Tests and the benchmark run the
-//! core against it.
+//! message's current text, and can refuse calls the way real platforms do: injected 429s and
+//! failures, and the limits it enforces itself, per channel and for the whole bot (Discord's
+//! 50 requests in any second, Synapse's default message limiter of 0.2 events a second with
+//! 10 at once). Tests and the benchmark run the core against it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +12,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{ChannelKey, Limits, MessageId, OutMessage, Outbound, PlatformError, RateScope};
+use super::{
+    ChannelKey, Limits, MessageId, OutMessage, Outbound, PlannedCall, PlatformError, RateScope,
+};
 use crate::core::pacing::{Permit, RequestRate};
 use crate::core::render::split::{LengthUnit, measure};
 
@@ -48,13 +51,29 @@ pub struct ShownMessage {
     pub sent_at: Instant,
 }
 
+/// A homeserver's limit on the account, as Synapse keeps it: a bucket that drains at `rate`
+/// and takes an event while it holds fewer than `burst`.
+struct AccountLimit {
+    rate: f64,
+    burst: f64,
+    level: f64,
+    at: Instant,
+}
+
 #[derive(Default)]
 struct State {
     calls: Vec<Call>,
+    /// Calls are recorded (the benchmark keeps only what its observer takes).
+    forget_calls: bool,
     messages: Vec<ShownMessage>,
     injected: VecDeque<PlatformError>,
     channel_rate: Option<(usize, Duration)>,
     recent: HashMap<ChannelKey, VecDeque<Instant>>,
+    global_rate: Option<(usize, Duration)>,
+    global_recent: VecDeque<Instant>,
+    account: Option<AccountLimit>,
+    limited_bot: usize,
+    limited_channel: usize,
 }
 
 /// Called with every call as it happens.
@@ -64,6 +83,8 @@ pub type CallObserver = Arc<dyn Fn(&Call) + Send + Sync>;
 #[derive(Clone)]
 pub struct MemoryPlatform {
     limits: Limits,
+    /// Typing does not count against the bot's limit (a homeserver's message limiter).
+    typing_exempt: bool,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     id_prefix: String,
@@ -74,6 +95,7 @@ impl MemoryPlatform {
     pub fn new(limits: Limits) -> Self {
         MemoryPlatform {
             limits,
+            typing_exempt: false,
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(Notify::new()),
             id_prefix: String::new(),
@@ -106,20 +128,32 @@ impl MemoryPlatform {
         });
     }
 
+    /// Keeps no record of calls (the observer still sees each one): for runs too long to
+    /// keep them all.
+    pub fn forgetting_calls(self) -> Self {
+        self.lock().forget_calls = true;
+        self
+    }
+
     fn record(&self, state: &mut State, call: Call) {
         if let Some(observer) = &self.observer {
             observer(&call);
         }
-        state.calls.push(call);
+        if !state.forget_calls {
+            state.calls.push(call);
+        }
     }
 
-    /// Discord-like limits: 2,000 characters, one edit a second.
-    pub fn discord_like() -> Self {
-        Self::new(Limits {
+    /// Discord as the adapter describes it (2,000 characters, 1.2 s between writes in a
+    /// channel, 40 requests a second over all), enforcing Discord's limits: at most 50 calls
+    /// in any second over every channel (a 429 for the whole bot), and 5 writes per 5 s in a
+    /// channel.
+    pub fn discord() -> Self {
+        let platform = Self::new(Limits {
             max_message_len: 2000,
             length_unit: LengthUnit::Chars,
-            min_edit_interval: Duration::from_millis(1000),
-            min_channel_interval: Duration::from_millis(1000),
+            min_edit_interval: Duration::from_millis(1200),
+            min_channel_interval: Duration::from_millis(1200),
             max_edits_per_message: None,
             typing_interval: Duration::from_secs(8),
             requests: Some(RequestRate {
@@ -127,7 +161,30 @@ impl MemoryPlatform {
                 burst: 5.0,
             }),
             marks_live: false,
-        })
+        });
+        platform.enforce_channel_rate(5, Duration::from_secs(5));
+        platform.enforce_global_rate(50, Duration::from_secs(1));
+        platform
+    }
+
+    /// A Matrix account as the adapter describes it (8,000 bytes, an edit a second, 60 edits
+    /// a message, the default `matrix.max_sends_per_second`), on a homeserver that keeps
+    /// Synapse's default `rc_message`: 0.2 events a second with 10 at once, typing not
+    /// counted.
+    pub fn synapse_default() -> Self {
+        let mut platform = Self::new(Limits {
+            max_message_len: 8000,
+            length_unit: LengthUnit::Utf8Bytes,
+            min_edit_interval: Duration::from_millis(1000),
+            min_channel_interval: Duration::from_millis(250),
+            max_edits_per_message: Some(60),
+            typing_interval: Duration::from_secs(3),
+            requests: crate::config::MatrixConfig::default().send_rate(),
+            marks_live: true,
+        });
+        platform.typing_exempt = true;
+        platform.enforce_account_rate(0.2, 10.0);
+        platform
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -148,6 +205,29 @@ impl MemoryPlatform {
     /// (like Discord's per-channel limits), answering with the time until a slot frees up.
     pub fn enforce_channel_rate(&self, calls: usize, window: Duration) {
         self.lock().channel_rate = Some((calls, window));
+    }
+
+    /// Refuses any call, typing included, when `calls` were made within `window` over every
+    /// channel (Discord's global limit), with a 429 for the whole bot.
+    pub fn enforce_global_rate(&self, calls: usize, window: Duration) {
+        self.lock().global_rate = Some((calls, window));
+    }
+
+    /// Refuses a send or edit the way Synapse's message limiter does: `rate` events a second
+    /// on average, `burst` at once, for the whole account.
+    pub fn enforce_account_rate(&self, rate: f64, burst: f64) {
+        self.lock().account = Some(AccountLimit {
+            rate,
+            burst,
+            level: 0.0,
+            at: Instant::now(),
+        });
+    }
+
+    /// 429s answered for the whole bot, and for one channel.
+    pub fn rate_limited(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.limited_bot, state.limited_channel)
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -194,16 +274,70 @@ impl MemoryPlatform {
         }
     }
 
+    /// Whether the platform takes a call now; a typing notice only meets the global limit.
     fn admit(
         &self,
         state: &mut State,
         channel: &ChannelKey,
         now: Instant,
+        typing: bool,
     ) -> Result<(), PlatformError> {
-        if let Some(error) = state.injected.pop_front() {
+        if !typing && let Some(error) = state.injected.pop_front() {
             return Err(error);
         }
-        if let Some((calls, window)) = state.channel_rate {
+        if let Err(err) = self.admit_limits(state, channel, now, typing) {
+            match err {
+                PlatformError::RateLimited {
+                    scope: RateScope::Bot,
+                    ..
+                } => state.limited_bot += 1,
+                _ => state.limited_channel += 1,
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn admit_limits(
+        &self,
+        state: &mut State,
+        channel: &ChannelKey,
+        now: Instant,
+        typing: bool,
+    ) -> Result<(), PlatformError> {
+        // Every limit is checked before any counts the call: a refused call uses nothing.
+        if let Some((calls, window)) = state.global_rate {
+            let recent = &mut state.global_recent;
+            while recent
+                .front()
+                .is_some_and(|at| now.duration_since(*at) >= window)
+            {
+                recent.pop_front();
+            }
+            if recent.len() >= calls {
+                let retry_after = recent
+                    .front()
+                    .map(|oldest| window.saturating_sub(now.duration_since(*oldest)))
+                    .unwrap_or(window);
+                return Err(PlatformError::RateLimited {
+                    retry_after,
+                    scope: RateScope::Bot,
+                });
+            }
+        }
+        if !typing && let Some(account) = &mut state.account {
+            let drained = now.duration_since(account.at).as_secs_f64() * account.rate;
+            account.level = (account.level - drained).max(0.0);
+            account.at = now;
+            if account.level + 1.0 > account.burst {
+                let retry_after = (account.level + 1.0 - account.burst) / account.rate;
+                return Err(PlatformError::RateLimited {
+                    retry_after: Duration::from_secs_f64(retry_after),
+                    scope: RateScope::Bot,
+                });
+            }
+        }
+        if !typing && let Some((calls, window)) = state.channel_rate {
             let recent = state.recent.entry(channel.clone()).or_default();
             while recent
                 .front()
@@ -222,6 +356,12 @@ impl MemoryPlatform {
                 });
             }
             recent.push_back(now);
+        }
+        if state.global_rate.is_some() {
+            state.global_recent.push_back(now);
+        }
+        if !typing && let Some(account) = &mut state.account {
+            account.level += 1.0;
         }
         Ok(())
     }
@@ -251,6 +391,10 @@ impl Outbound for MemoryPlatform {
         self.limits.clone()
     }
 
+    fn exempt_from_budget(&self, _channel: &ChannelKey, call: &PlannedCall<'_>) -> bool {
+        self.typing_exempt && matches!(call, PlannedCall::Typing)
+    }
+
     async fn send(
         &self,
         _permit: Permit,
@@ -261,7 +405,7 @@ impl Outbound for MemoryPlatform {
         let mut state = self.lock();
         let result = self
             .check_length(&message.text)
-            .and_then(|()| self.admit(&mut state, channel, now));
+            .and_then(|()| self.admit(&mut state, channel, now, false));
         let id = MessageId(format!("{}m{}", self.id_prefix, state.messages.len() + 1));
         let call = Call {
             at: now,
@@ -302,7 +446,7 @@ impl Outbound for MemoryPlatform {
         let exists = state.messages.iter().any(|message| &message.id == id);
         let result = if exists {
             self.check_length(text)
-                .and_then(|()| self.admit(&mut state, channel, now))
+                .and_then(|()| self.admit(&mut state, channel, now, false))
         } else {
             Err(PlatformError::Failed {
                 detail: format!("no message {}", id.0),
@@ -329,17 +473,19 @@ impl Outbound for MemoryPlatform {
     }
 
     async fn typing(&self, _permit: Permit, channel: &ChannelKey) -> Result<(), PlatformError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let result = self.admit(&mut state, channel, now, true);
         let call = Call {
-            at: Instant::now(),
+            at: now,
             kind: CallKind::Typing,
             channel: channel.clone(),
             message: None,
             text: String::new(),
             live: false,
-            accepted: true,
+            accepted: result.is_ok(),
         };
-        let mut state = self.lock();
         self.record(&mut state, call);
-        Ok(())
+        result
     }
 }

@@ -34,11 +34,19 @@
 //! - routes: anything not implemented here answers 404 and is a violation too, so a bot
 //!   calling an endpoint the fake does not know is noticed rather than silently tolerated.
 //!
-//! Optional per-channel rate limit ([`FakeDiscord::rate_limit`]) and injected 429s
-//! ([`FakeDiscord::inject_429`]) answer `429` with Discord's body and `Retry-After` /
-//! `X-RateLimit-*` headers; they count message creates and edits in that channel, including
-//! interaction webhook messages of interactions in that channel. 429s are counted, not treated
-//! as violations.
+//! Rate limits, answered as Discord answers them (`429` with Discord's body, `Retry-After` and
+//! `X-RateLimit-*` headers; counted, not treated as violations):
+//! - the global limit: at most [`FakeDiscordOptions::global_limit`] requests (50, as Discord)
+//!   in any sliding second over every route but the interaction endpoints (the callback and
+//!   the interaction webhooks), which Discord leaves out of it; over it, `global: true` and
+//!   `X-RateLimit-Global` / `X-RateLimit-Scope: global`;
+//! - per channel ([`FakeDiscord::rate_limit`], or [`FakeDiscordOptions::channel_limit`] for
+//!   every channel) and injected 429s ([`FakeDiscord::inject_429`]): message creates and edits
+//!   in that channel, including interaction webhook messages of interactions in that channel.
+//!
+//! Like Discord, the fake counts invalid requests: answers 401, 403 and 429 (but 429s of scope
+//! `shared`) in the last 10 minutes ([`FakeDiscord::invalid_requests`]); 10,000 of them get a
+//! bot's IP banned from Discord for about an hour.
 //!
 //! Gateway: HELLO, IDENTIFY → READY, HEARTBEAT → ACK, RESUME (replays every dispatch after the
 //! client's sequence number, then RESUMED), RECONNECT (op 7), INVALID_SESSION (op 9), and an
@@ -85,6 +93,11 @@ pub struct FakeDiscordOptions {
     /// Whether the application may use the Message Content intent (a switch in the Developer
     /// Portal). Without it, an IDENTIFY asking for it is closed with 4014, as Discord does.
     pub message_content_allowed: bool,
+    /// Requests allowed in any sliding second outside the interaction endpoints (Discord: 50).
+    pub global_limit: Option<usize>,
+    /// Message writes allowed per sliding window in every channel (Discord's own numbers are
+    /// not documented; about 5 per 5 s has long held).
+    pub channel_limit: Option<(usize, Duration)>,
 }
 
 impl Default for FakeDiscordOptions {
@@ -94,6 +107,8 @@ impl Default for FakeDiscordOptions {
             interaction_deadline: Duration::from_secs(3),
             echo_own_messages: true,
             message_content_allowed: true,
+            global_limit: Some(50),
+            channel_limit: None,
         }
     }
 }
@@ -396,6 +411,11 @@ struct St {
     limits: HashMap<u64, Limit>,
     injected: HashMap<u64, VecDeque<f64>>,
     rate_limited: Vec<(u64, Instant)>,
+    /// Requests within the global limit's last second, and the 429s it answered.
+    global_hits: VecDeque<Instant>,
+    global_limited: Vec<Instant>,
+    /// Answers that Discord counts towards its ban (401, 403, 429 but `shared`).
+    invalid: Vec<Instant>,
     gateway: Gateway,
 }
 
@@ -794,7 +814,23 @@ impl FakeDiscord {
         queue.extend(std::iter::repeat_n(retry_after.as_secs_f64(), count));
     }
 
-    /// How many 429s the fake answered, in `channel` or (for `None`) anywhere.
+    /// How many 429s of the global limit the fake answered.
+    pub fn global_rate_limited(&self) -> usize {
+        self.shared.lock().global_limited.len()
+    }
+
+    /// Invalid requests (401, 403, 429) in the last 10 minutes, as Discord counts them for
+    /// its IP ban.
+    pub fn invalid_requests(&self) -> usize {
+        let st = self.shared.lock();
+        let now = Instant::now();
+        st.invalid
+            .iter()
+            .filter(|at| now.duration_since(**at) < Duration::from_secs(600))
+            .count()
+    }
+
+    /// How many per-channel 429s the fake answered, in `channel` or (for `None`) anywhere.
     pub fn rate_limited(&self, channel: Option<u64>) -> usize {
         let st = self.shared.lock();
         st.rate_limited
@@ -1036,8 +1072,19 @@ impl St {
 
     /// 429 for a write in `channel` when injected or over the limit; otherwise counts the
     /// write and returns the `X-RateLimit-*` headers to send with the success.
-    fn rate_check(&mut self, channel: u64) -> Result<Vec<(&'static str, String)>, Reply> {
+    fn rate_check(
+        &mut self,
+        channel: u64,
+        every_channel: Option<(usize, Duration)>,
+    ) -> Result<Vec<(&'static str, String)>, Reply> {
         let now = Instant::now();
+        if let Some((per, window)) = every_channel {
+            self.limits.entry(channel).or_insert_with(|| Limit {
+                per,
+                window,
+                hits: VecDeque::new(),
+            });
+        }
         if let Some(retry_after) = self
             .injected
             .get_mut(&channel)
@@ -1084,6 +1131,62 @@ impl St {
             ),
             ("x-ratelimit-bucket", format!("fake-channel-{channel}")),
         ])
+    }
+}
+
+impl St {
+    /// A 429 when `path` counts against the global limit and the last second already had
+    /// `limit` such requests; otherwise the request is counted in.
+    fn global_check(&mut self, path: &str, limit: Option<usize>) -> Option<Reply> {
+        let limit = limit?;
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // Interaction endpoints are not bound by the global limit.
+        if matches!(
+            segments.as_slice(),
+            ["interactions", _, _, "callback"] | ["webhooks", ..]
+        ) {
+            return None;
+        }
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        while self
+            .global_hits
+            .front()
+            .is_some_and(|hit| now.duration_since(*hit) >= second)
+        {
+            self.global_hits.pop_front();
+        }
+        if self.global_hits.len() >= limit {
+            let retry_after = self.global_hits.front().map_or(second, |oldest| {
+                second.saturating_sub(now.duration_since(*oldest))
+            });
+            self.global_limited.push(now);
+            return Some(too_many_globally(retry_after.as_secs_f64()));
+        }
+        self.global_hits.push_back(now);
+        None
+    }
+}
+
+/// Discord's 429 for the global limit: `global: true`, `X-RateLimit-Global`, scope `global`.
+fn too_many_globally(retry_after: f64) -> Reply {
+    let retry_after = ((retry_after * 1000.0).ceil() / 1000.0).max(0.001);
+    Reply {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        body: Some(json!({
+            "message": "You are being rate limited.",
+            "retry_after": retry_after,
+            "global": true,
+        })),
+        headers: vec![
+            (
+                "retry-after",
+                (retry_after.ceil() as u64).max(1).to_string(),
+            ),
+            ("x-ratelimit-global", "true".to_owned()),
+            ("x-ratelimit-scope", "global".to_owned()),
+        ],
+        channel: None,
     }
 }
 
@@ -1143,6 +1246,8 @@ async fn api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         )
     } else if !authorized(&headers, &shared.token) {
         Reply::error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized")
+    } else if let Some(rejected) = st.global_check(&path, shared.options.global_limit) {
+        rejected
     } else if let Err(message) = &parsed {
         Reply::error(StatusCode::BAD_REQUEST, 50109, message)
     } else {
@@ -1151,6 +1256,14 @@ async fn api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
             .unwrap_or_else(|rejected| rejected)
     };
     let now = Instant::now();
+    let shared_scope = reply
+        .headers
+        .iter()
+        .any(|(name, value)| *name == "x-ratelimit-scope" && value == "shared");
+    if matches!(reply.status.as_u16(), 401 | 403) || (reply.status.as_u16() == 429 && !shared_scope)
+    {
+        st.invalid.push(now);
+    }
     st.calls.push(RecordedCall {
         method: method.to_string(),
         path: path.clone(),
@@ -1427,7 +1540,7 @@ fn create_message(
     body: &Value,
     files: Vec<Upload>,
 ) -> Routed {
-    let headers = st.rate_check(channel)?;
+    let headers = st.rate_check(channel, shared.options.channel_limit)?;
     validate_message(body, true, !files.is_empty()).map_err(|r| r.in_channel(channel))?;
     let reference = match body.pointer("/message_reference/message_id") {
         None | Some(Value::Null) => None,
@@ -1513,7 +1626,7 @@ fn edit_message(
         }
         _ => return Err(unknown_message()),
     }
-    let headers = st.rate_check(channel)?;
+    let headers = st.rate_check(channel, shared.options.channel_limit)?;
     validate_message(body, false, !files.is_empty()).map_err(|r| r.in_channel(channel))?;
     let uploaded: Vec<FakeAttachment> = files
         .into_iter()

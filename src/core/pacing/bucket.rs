@@ -4,9 +4,11 @@
 //! token. Its rate starts at the configured ceiling. When the platform answers "slow down"
 //! for the whole bot (Discord's global 429, Synapse's `M_LIMIT_EXCEEDED`), the rate is halved
 //! for every channel at once, the bucket is emptied and nothing is granted before the
-//! platform's retry-after (a floor, never shortened); every call that succeeds afterwards
-//! gives back a sixteenth of the ceiling, so the rate climbs back slowly while calls succeed
-//! (additive increase, multiplicative decrease, as TCP does).
+//! platform's retry-after (a floor, never shortened). Every call that succeeds afterwards
+//! adds a little back (additive increase, multiplicative decrease, as TCP does): a sixteenth
+//! of the ceiling while the rate is well under the one that met the limit, so one stray 429
+//! costs little, and a 256th near and above it, so a platform that allows less than it was
+//! configured for is probed rarely instead of every few calls.
 //!
 //! Pure arithmetic on the times it is given: the scheduler owns the clock, tests drive it.
 
@@ -20,8 +22,14 @@ const DECREASE: f64 = 0.5;
 /// The rate never falls below this share of the ceiling.
 const FLOOR: f64 = 1.0 / 32.0;
 
-/// Each success adds this share of the ceiling back.
+/// Each success adds this share of the ceiling back, well under the rate that met the limit...
 const INCREASE: f64 = 1.0 / 16.0;
+
+/// ...and this share near or above it.
+const PROBE: f64 = 1.0 / 256.0;
+
+/// "Well under" the rate that met the limit.
+const WELL_UNDER: f64 = 0.85;
 
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -32,6 +40,8 @@ pub struct Bucket {
     updated: Instant,
     /// The platform said to wait: nothing is granted before this.
     paused_until: Instant,
+    /// The rate at which the platform last said "slow down", or a higher one reached since.
+    met_limit_at: Option<f64>,
 }
 
 impl Bucket {
@@ -46,6 +56,7 @@ impl Bucket {
             tokens: burst,
             updated: now,
             paused_until: now,
+            met_limit_at: None,
         }
     }
 
@@ -87,6 +98,7 @@ impl Bucket {
     /// The platform refused a call for the whole bot and said when to come back.
     pub fn limited(&mut self, now: Instant, retry_after: Duration) {
         self.refill(now);
+        self.met_limit_at = Some(self.rate);
         self.rate = (self.rate * DECREASE).max(self.ceiling * FLOOR);
         self.tokens = 0.0;
         self.paused_until = self.paused_until.max(now + retry_after);
@@ -95,7 +107,15 @@ impl Bucket {
     /// A call went through: the rate climbs back towards the ceiling.
     pub fn succeeded(&mut self, now: Instant) {
         self.refill(now);
-        self.rate = (self.rate + self.ceiling * INCREASE).min(self.ceiling);
+        let rate = match self.met_limit_at {
+            Some(limit) if self.rate >= limit * WELL_UNDER => self.rate + self.ceiling * PROBE,
+            Some(limit) => (self.rate + self.ceiling * INCREASE).min(limit * WELL_UNDER),
+            None => self.rate + self.ceiling * INCREASE,
+        };
+        self.rate = rate.min(self.ceiling);
+        if let Some(limit) = &mut self.met_limit_at {
+            *limit = limit.max(self.rate);
+        }
     }
 
     /// Calls per second allowed now.
@@ -190,23 +210,56 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_climbs_back_slowly_with_successes_and_never_past_the_ceiling() {
+    fn halving_stops_at_the_floor() {
         let start = Instant::now();
         let mut bucket = Bucket::new(32.0, 5.0, start);
         for _ in 0..10 {
             bucket.limited(start, ms(1));
         }
-        // Halving stops at the floor.
         assert!((bucket.rate() - 1.0).abs() < 1e-9, "{}", bucket.rate());
-        bucket.succeeded(start);
-        assert!((bucket.rate() - 3.0).abs() < 1e-9, "{}", bucket.rate());
-        for _ in 0..14 {
+    }
+
+    #[test]
+    fn the_rate_climbs_back_fast_below_where_it_met_the_limit_then_slowly() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(32.0, 5.0, start);
+        // One stray 429 at the ceiling: back near it in a few calls, then probing.
+        bucket.limited(start, ms(1));
+        assert!((bucket.rate() - 16.0).abs() < 1e-9);
+        for _ in 0..6 {
             bucket.succeeded(start);
         }
-        assert!((bucket.rate() - 31.0).abs() < 1e-9, "{}", bucket.rate());
+        // 85% of the rate that met the limit, fast...
+        assert!((bucket.rate() - 27.2).abs() < 1e-9, "{}", bucket.rate());
+        // ...then a 256th of the ceiling a call.
         bucket.succeeded(start);
-        bucket.succeeded(start);
-        assert!((bucket.rate() - 32.0).abs() < 1e-9, "{}", bucket.rate());
+        assert!((bucket.rate() - 27.325).abs() < 1e-9, "{}", bucket.rate());
+        for _ in 0..100 {
+            bucket.succeeded(start);
+        }
+        assert!(
+            (bucket.rate() - 32.0).abs() < 1e-9,
+            "never past the ceiling"
+        );
+    }
+
+    #[test]
+    fn a_platform_that_allows_less_is_probed_rarely() {
+        // Configured for 32 a second, the platform takes 8: after two 429s the rate settles
+        // under 8 and takes many calls to reach it again.
+        let start = Instant::now();
+        let mut bucket = Bucket::new(32.0, 5.0, start);
+        bucket.limited(start, ms(1)); // at 32
+        bucket.limited(start, ms(1)); // at 16
+        assert!((bucket.rate() - 8.0).abs() < 1e-9);
+        bucket.limited(start, ms(1)); // at 8
+        assert!((bucket.rate() - 4.0).abs() < 1e-9);
+        let mut calls = 0;
+        while bucket.rate() < 8.0 {
+            bucket.succeeded(start);
+            calls += 1;
+        }
+        assert!(calls >= 10, "only {calls} calls until the next 429");
     }
 
     #[test]
