@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use support::KEY;
 use support::bot_process::BotProcess;
 use support::discord_world::*;
-use support::fake_discord::{FakeDiscord, FakeUser, IncomingCommand, IncomingMessage};
+use support::fake_discord::{
+    FakeDiscord, FakeDiscordOptions, FakeMessage, FakeUser, IncomingCommand, IncomingMessage,
+};
 
 const ANSWER: &str = "Rust's ownership rules, in short:\n\n\
 1. Each value has one owner.\n\
@@ -471,6 +473,82 @@ async fn rate_limits_are_respected_and_429s_lose_nothing() {
     let fourth = world.mention(CHANNEL, alice(), "four");
     world.wait_answer(CHANNEL, fourth, &answer).await;
     assert_eq!(world.discord.rate_limited(Some(CHANNEL)), 3);
+    world.assert_clean();
+}
+
+/// A busy community: 150 answers streaming at once in 150 channels, on a fake Discord that
+/// enforces the global limit (50 requests in any second) and 5 writes per 5 s in each channel.
+/// The bot's budget (40 a second) must share itself out so the platform never says "slow
+/// down", and every answer still streams and ends exact.
+#[tokio::test]
+async fn one_hundred_fifty_answers_at_once_stay_within_discords_limits() {
+    let world = World::start_on(
+        FakeDiscordOptions {
+            channel_limit: Some((5, Duration::from_secs(5))),
+            ..FakeDiscordOptions::default()
+        },
+        "",
+        "",
+        &[],
+    )
+    .await;
+    let answer: String = (1..=100).map(|n| format!("word{n} ")).collect::<String>();
+    let answer = answer.trim_end().to_owned();
+    // About 15 s each.
+    world.poe.script("echo", streamed(&answer, 10, 200));
+    let channels: Vec<u64> = (0..150).map(|index| CHANNEL + 1000 + index).collect();
+    // One person per channel, each within their own points budget.
+    let triggers: Vec<u64> = channels
+        .iter()
+        .enumerate()
+        .map(|(index, channel)| {
+            let asker = FakeUser::new(820_000_000_000_000_000 + index as u64, "asker");
+            world.mention(*channel, asker, "tell me")
+        })
+        .collect();
+    let answers = world
+        .discord
+        .wait_for_within(Duration::from_secs(240), "all 150 answers", |fake| {
+            let answers: Vec<FakeMessage> = channels
+                .iter()
+                .zip(&triggers)
+                .filter_map(|(channel, trigger)| {
+                    let answer = answer_in(fake, *channel, *trigger);
+                    (answer.len() == 1).then(|| answer[0].clone())
+                })
+                .filter(|message| message.content == answer)
+                .collect();
+            (answers.len() == channels.len()).then_some(answers)
+        })
+        .await;
+    assert_eq!(
+        world.discord.global_rate_limited(),
+        0,
+        "429s of the global limit"
+    );
+    assert_eq!(
+        world.discord.rate_limited(None),
+        0,
+        "429s of a channel's limit"
+    );
+    assert_eq!(
+        world.discord.invalid_requests(),
+        0,
+        "requests toward an IP ban"
+    );
+    for message in &answers {
+        assert!(
+            message.edits() > 1,
+            "the answer in channel {} was edited {} times: it should stream",
+            message.channel_id,
+            message.edits()
+        );
+    }
+    let edits: usize = answers.iter().map(FakeMessage::edits).sum();
+    eprintln!(
+        "150 answers: {edits} edits ({:.1} per answer), 0 429s",
+        edits as f64 / 150.0
+    );
     world.assert_clean();
 }
 

@@ -305,6 +305,45 @@ async fn the_metrics_add_up_and_the_turn_is_logged_as_json() {
         "{text}"
     );
     assert_eq!(sample(&text, "poe_relay_active_conversations"), Some(0.0));
+    // Every call drew from the bot's Discord budget: counted by kind, its waits timed, its
+    // level shown.
+    let sends = sample(
+        &text,
+        "poe_relay_platform_requests_total{platform=\"discord\",kind=\"send\"}",
+    );
+    assert!(sends.is_some_and(|n| n >= 1.0), "{text}");
+    let edits = sample(
+        &text,
+        "poe_relay_platform_requests_total{platform=\"discord\",kind=\"edit\"}",
+    );
+    assert!(edits.is_some_and(|n| n >= 1.0), "{text}");
+    let waits = sample(
+        &text,
+        "poe_relay_platform_budget_wait_seconds_count{platform=\"discord\"}",
+    );
+    // The slash command's answer went through its interaction webhook, which Discord's
+    // global limit leaves out; every other send and edit drew from the budget.
+    assert_eq!(
+        waits,
+        Some(sends.unwrap_or(0.0) + edits.unwrap_or(0.0) - 1.0),
+        "{text}"
+    );
+    let level = sample(
+        &text,
+        "poe_relay_platform_budget_tokens{platform=\"discord\"}",
+    );
+    assert!(level.is_some_and(|n| (0.0..=5.0).contains(&n)), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "poe_relay_platform_budget_rate{platform=\"discord\"}"
+        ),
+        Some(40.0)
+    );
+    assert!(
+        !text.contains("poe_relay_platform_rate_limited_total{"),
+        "no 429s in normal use: {text}"
+    );
 
     // The turn's log line, as JSON: every field a collector needs, and no message text.
     let log = world.bot.log();

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use super::KEY;
 use super::bot_process::BotProcess;
-use super::fake_discord::{FakeDiscord, FakeMessage, FakeUser, IncomingCommand, IncomingMessage};
+use super::fake_discord::{
+    FakeDiscord, FakeDiscordOptions, FakeMessage, FakeUser, IncomingCommand, IncomingMessage,
+};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 pub const GUILD: u64 = 910_000_000_000_000_001;
@@ -57,7 +59,17 @@ impl World {
     /// Like [`World::start_with`], with more TOML `sections` (not `[poe]`, `[chat]`,
     /// `[store]`, `[discord]` or `[log]`).
     pub async fn start_full(discord_lines: &str, sections: &str, env: &[(&str, &str)]) -> World {
-        let discord = FakeDiscord::start().await;
+        World::start_on(FakeDiscordOptions::default(), discord_lines, sections, env).await
+    }
+
+    /// Like [`World::start_full`], on a fake Discord started with `options`.
+    pub async fn start_on(
+        options: FakeDiscordOptions,
+        discord_lines: &str,
+        sections: &str,
+        env: &[(&str, &str)],
+    ) -> World {
+        let discord = FakeDiscord::start_with(options).await;
         let poe = FakePoe::start(KEY).await.expect("fake Poe");
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("poe-relay.toml");
