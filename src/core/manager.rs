@@ -178,7 +178,9 @@ pub struct Manager {
 struct Inner {
     services: Services,
     started_ms: i64,
-    lanes: Lanes<ChannelKey, Job>,
+    /// Jobs are boxed: a lane's queue allocates room for many items at once, and an
+    /// unboxed job would make that several kilobytes per channel.
+    lanes: Lanes<ChannelKey, Box<Job>>,
     pacing: Pacing,
     permits: Arc<Semaphore>,
     /// Set at the stop's deadline: running replies end now.
@@ -370,12 +372,12 @@ impl Manager {
             waiting
         });
         let manager = self.clone();
-        let job = Job {
+        let job = Box::new(Job {
             inbound,
             out,
             admitted,
             waiting,
-        };
+        });
         self.inner
             .lanes
             .push(job.inbound.channel.clone(), job, move |job| {
@@ -416,7 +418,7 @@ impl Manager {
     }
 
     /// Runs a turn once a slot is free; it counts as queued until then.
-    async fn run_job(&self, mut job: Job) {
+    async fn run_job(&self, mut job: Box<Job>) {
         if let Some(waiting) = &job.waiting {
             waiting.waiting_for_slot();
         }
@@ -655,6 +657,8 @@ impl Manager {
                 Vec::new()
             });
         let request = build_request(&model, &settings, &history, inbound, config, media);
+        // The request holds what the context needs; the turns need not stay for the answer.
+        drop(history);
         let prompt_chars: usize = request
             .messages
             .iter()

@@ -97,7 +97,13 @@ impl ReplyStream {
     pub async fn next(&mut self) -> Option<Result<PoeEvent, PoeError>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
-                self.output_seen |= event.is_output();
+                if event.is_output() && !self.output_seen {
+                    self.output_seen = true;
+                    // No retry can come now: what only a retry would need is let go, so a
+                    // long conversation's context is not held for the whole answer.
+                    self.body = None;
+                    self.request.messages = Vec::new();
+                }
                 return Some(Ok(event));
             }
             let error = match self.pending_error.take() {

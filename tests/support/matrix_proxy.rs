@@ -4,7 +4,9 @@
 //!   deliver them later, so the bot sees a message before the key that opens it, as over
 //!   a slow federation link; the client is told each held message was delivered;
 //! - deliver the client's next room message to Synapse and answer the client with a 504,
-//!   as a reverse proxy does when the homeserver is slow to reply.
+//!   as a reverse proxy does when the homeserver is slow to reply;
+//! - count the events the client sent (room messages and membership changes, what Synapse's
+//!   `rc_message` counts) and the 429s Synapse answered it with.
 //!
 //! Everything else passes through unchanged.
 
@@ -32,6 +34,8 @@ struct Shared {
     /// Armed: the next room message is delivered and its answer replaced by a 504.
     lose_next_answer: Arc<Mutex<bool>>,
     lost_answers: Arc<Mutex<usize>>,
+    /// (events sent, 429 answers to any request)
+    counts: Arc<Mutex<(usize, usize)>>,
 }
 
 pub struct MatrixProxy {
@@ -59,6 +63,7 @@ impl MatrixProxy {
             held: Arc::new(Mutex::new(Vec::new())),
             lose_next_answer: Arc::new(Mutex::new(false)),
             lost_answers: Arc::new(Mutex::new(0)),
+            counts: Arc::new(Mutex::new((0, 0))),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -85,6 +90,12 @@ impl MatrixProxy {
     /// How many answers to room messages were replaced by a 504.
     pub fn lost_answers(&self) -> usize {
         *self.shared.lost_answers.lock().unwrap()
+    }
+
+    /// Events the client sent (room messages, edits, joins, leaves), and the 429s
+    /// (`M_LIMIT_EXCEEDED`) it was answered with.
+    pub fn events_and_429s(&self) -> (usize, usize) {
+        *self.shared.counts.lock().unwrap()
     }
 
     /// From now on the client's encrypted to-device messages are held.
@@ -145,7 +156,15 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
     let room_message = parts.method == Method::PUT
         && (path_and_query.contains("/send/m.room.message/")
             || path_and_query.contains("/send/m.room.encrypted/"));
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let event = (parts.method == Method::PUT && path.contains("/send/"))
+        || (parts.method == Method::POST && (path.ends_with("/join") || path.ends_with("/leave")));
     let response = send_upstream(&shared, parts.method, &path_and_query, parts.headers, body).await;
+    {
+        let mut counts = shared.counts.lock().unwrap();
+        counts.0 += usize::from(event);
+        counts.1 += usize::from(response.status() == StatusCode::TOO_MANY_REQUESTS);
+    }
     if room_message && std::mem::take(&mut *shared.lose_next_answer.lock().unwrap()) {
         assert!(
             response.status().is_success(),
