@@ -306,24 +306,13 @@ impl MemoryPlatform {
         typing: bool,
     ) -> Result<(), PlatformError> {
         // Every limit is checked before any counts the call: a refused call uses nothing.
-        if let Some((calls, window)) = state.global_rate {
-            let recent = &mut state.global_recent;
-            while recent
-                .front()
-                .is_some_and(|at| now.duration_since(*at) >= window)
-            {
-                recent.pop_front();
-            }
-            if recent.len() >= calls {
-                let retry_after = recent
-                    .front()
-                    .map(|oldest| window.saturating_sub(now.duration_since(*oldest)))
-                    .unwrap_or(window);
-                return Err(PlatformError::RateLimited {
-                    retry_after,
-                    scope: RateScope::Bot,
-                });
-            }
+        if let Some((calls, window)) = state.global_rate
+            && let Some(retry_after) = window_full(&mut state.global_recent, calls, window, now)
+        {
+            return Err(PlatformError::RateLimited {
+                retry_after,
+                scope: RateScope::Bot,
+            });
         }
         if !typing && let Some(account) = &mut state.account {
             let drained = now.duration_since(account.at).as_secs_f64() * account.rate;
@@ -339,17 +328,7 @@ impl MemoryPlatform {
         }
         if !typing && let Some((calls, window)) = state.channel_rate {
             let recent = state.recent.entry(channel.clone()).or_default();
-            while recent
-                .front()
-                .is_some_and(|at| now.duration_since(*at) >= window)
-            {
-                recent.pop_front();
-            }
-            if recent.len() >= calls {
-                let retry_after = recent
-                    .front()
-                    .map(|oldest| window.saturating_sub(now.duration_since(*oldest)))
-                    .unwrap_or(window);
+            if let Some(retry_after) = window_full(recent, calls, window, now) {
                 return Err(PlatformError::RateLimited {
                     retry_after,
                     scope: RateScope::Channel,
@@ -383,6 +362,28 @@ impl MemoryPlatform {
         }
         Ok(())
     }
+}
+
+/// When `recent` (the calls in a sliding `window`) already holds `calls`: how long until
+/// the oldest leaves it.
+fn window_full(
+    recent: &mut VecDeque<Instant>,
+    calls: usize,
+    window: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    while recent
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= window)
+    {
+        recent.pop_front();
+    }
+    (recent.len() >= calls).then(|| {
+        recent
+            .front()
+            .map(|oldest| window.saturating_sub(now.duration_since(*oldest)))
+            .unwrap_or(window)
+    })
 }
 
 #[async_trait]

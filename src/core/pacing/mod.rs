@@ -17,6 +17,7 @@ pub mod channel;
 pub mod scheduler;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -284,8 +285,16 @@ pub struct Turn<'a> {
     permit: Permit,
 }
 
-impl Turn<'_> {
-    pub async fn send(self, message: OutMessage) -> Result<MessageId, PlatformError> {
+impl<'a> Turn<'a> {
+    /// Makes the call with the permit, and tells the budget and the channel how it went.
+    async fn make<T, Fut>(
+        self,
+        kind: &'static str,
+        call: impl FnOnce(&'a dyn Outbound, Permit, &'a ChannelKey) -> Fut,
+    ) -> Result<T, PlatformError>
+    where
+        Fut: Future<Output = Result<T, PlatformError>>,
+    {
         let Turn {
             paced,
             channel,
@@ -296,10 +305,17 @@ impl Turn<'_> {
         paced
             .pacing
             .metrics
-            .platform_request(paced.platform(), "send");
-        let result = paced.out.send(permit, channel, message).await;
+            .platform_request(paced.platform(), kind);
+        let result = call(paced.out.as_ref(), permit, channel).await;
         paced.learn(result.as_ref().err(), Some(&pacer), drawn);
         result
+    }
+
+    pub async fn send(self, message: OutMessage) -> Result<MessageId, PlatformError> {
+        self.make("send", |out, permit, channel| {
+            out.send(permit, channel, message)
+        })
+        .await
     }
 
     pub async fn edit(
@@ -308,20 +324,10 @@ impl Turn<'_> {
         text: &str,
         live: bool,
     ) -> Result<(), PlatformError> {
-        let Turn {
-            paced,
-            channel,
-            pacer,
-            drawn,
-            permit,
-        } = self;
-        paced
-            .pacing
-            .metrics
-            .platform_request(paced.platform(), "edit");
-        let result = paced.out.edit(permit, channel, message, text, live).await;
-        paced.learn(result.as_ref().err(), Some(&pacer), drawn);
-        result
+        self.make("edit", |out, permit, channel| {
+            out.edit(permit, channel, message, text, live)
+        })
+        .await
     }
 
     pub async fn send_file(
@@ -329,19 +335,9 @@ impl Turn<'_> {
         file: &OutFile,
         reply_to: Option<&str>,
     ) -> Result<Option<MessageId>, PlatformError> {
-        let Turn {
-            paced,
-            channel,
-            pacer,
-            drawn,
-            permit,
-        } = self;
-        paced
-            .pacing
-            .metrics
-            .platform_request(paced.platform(), "file");
-        let result = paced.out.send_file(permit, channel, file, reply_to).await;
-        paced.learn(result.as_ref().err(), Some(&pacer), drawn);
-        result
+        self.make("file", |out, permit, channel| {
+            out.send_file(permit, channel, file, reply_to)
+        })
+        .await
     }
 }
