@@ -333,6 +333,7 @@ async fn render(
     };
     loop {
         let notified = shared.changed.notified();
+        tokio::pin!(notified);
         let ending = {
             let state = shared.lock();
             refresh(&mut parts, &mut rendered_version, &state);
@@ -356,8 +357,12 @@ async fn render(
             let answer_shown = shown.iter().any(|message| !message.placeholder);
             if !answer_shown && !ended {
                 if Instant::now() >= next_typing {
-                    target.paced.typing(&target.channel).await;
                     next_typing = Instant::now() + limits.typing_interval;
+                    // Text that arrives while typing waits for its turn goes first.
+                    tokio::select! {
+                        _ = target.paced.typing(&target.channel) => {}
+                        _ = notified.as_mut() => continue,
+                    }
                 }
                 let _ = tokio::time::timeout_at(next_typing, notified).await;
             } else {
