@@ -920,6 +920,88 @@ async fn the_global_limit_answers_429_globally_and_counts_invalid_requests() {
     assert_eq!(fake.invalid_requests(), 12);
 }
 
+/// The same global limit against serenity's own rate limiter, the one production runs:
+/// serenity is given a client that reaches the fake over TLS as https://discord.com (a
+/// certificate made for the test, discord.com resolved to 127.0.0.1). serenity reads the fake's
+/// global 429 as Discord's (it reports it as global and holds every request for the
+/// retry-after), and every request still succeeds in the end; but each 429 it waited out was an
+/// invalid request towards Discord's IP ban, which is why the bot keeps its own budget under
+/// the limit instead of leaving it to serenity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serenitys_own_rate_limiter_takes_the_global_429_as_discords() {
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    use serenity::http::{RatelimitInfo, Ratelimiter};
+
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["discord.com".to_owned()])
+        .expect("a certificate for discord.com");
+    let certificate = certified.cert.der().clone();
+    let key = PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    let address = fake.serve_tls(certificate.clone(), key.into()).await;
+    assert!(address.ip().is_loopback());
+    let client = reqwest012::Client::builder()
+        .resolve("discord.com", address)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest012::Certificate::from_der(&certificate).expect("the test's certificate"),
+        )
+        .no_proxy()
+        .build()
+        .expect("a client for the fake over TLS");
+    let reported: Arc<Mutex<Vec<RatelimitInfo>>> = Arc::default();
+    // The rate limiter sends the Authorization header as given (HttpBuilder adds "Bot ").
+    let mut ratelimiter = Ratelimiter::new(client.clone(), format!("Bot {}", fake.bot_token()));
+    let record = reported.clone();
+    ratelimiter.set_ratelimit_callback(Box::new(move |info| record.lock().unwrap().push(info)));
+    let http = HttpBuilder::new(fake.bot_token())
+        .client(client)
+        .ratelimiter(ratelimiter)
+        .build();
+    let calls = (0..60u64).map(|index| {
+        let http = &http;
+        async move {
+            http.broadcast_typing(ChannelId::new(CHANNEL + index))
+                .await
+                .err()
+                .as_ref()
+                .and_then(status)
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    assert!(
+        results.iter().all(Option::is_none),
+        "serenity waits out the 429s and retries: {results:?}"
+    );
+    let limited = fake.global_rate_limited();
+    assert!(limited >= 1, "the burst met the global limit");
+    let reported = reported.lock().unwrap().clone();
+    let global: Vec<&RatelimitInfo> = reported.iter().filter(|info| info.global).collect();
+    assert!(
+        !global.is_empty(),
+        "serenity did not take the fake's 429 as the global limit: {reported:?}"
+    );
+    for info in &global {
+        assert!(info.path.contains("typing"), "{info:?}");
+        assert!(
+            info.timeout >= Duration::from_millis(1) && info.timeout <= Duration::from_secs(1),
+            "serenity read the retry-after as {:?}",
+            info.timeout
+        );
+    }
+    let typed = fake
+        .calls()
+        .iter()
+        .filter(|call| call.path.ends_with("/typing") && call.status == 204)
+        .count();
+    assert_eq!(typed, 60, "every request got through in the end");
+    assert_eq!(
+        fake.invalid_requests(),
+        limited,
+        "each 429 serenity waited out counts towards Discord's ban"
+    );
+}
+
 /// serenity's HTTP client pointed at the fake, for calls made by the test itself.
 fn fake_http(fake: &FakeDiscord) -> Http {
     HttpBuilder::new(fake.bot_token())

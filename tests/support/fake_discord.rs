@@ -13,6 +13,10 @@
 //! fields serenity 0.12.5 requires (checked against its source), so a missing field shows up
 //! as a silently dropped event in serenity, exactly as it would against Discord.
 //!
+//! [`FakeDiscord::serve_tls`] serves the same API over TLS, for serenity's own rate limiter,
+//! which only sends to https://discord.com: the test resolves discord.com to that address and
+//! trusts the certificate it made.
+//!
 //! Pointing serenity at it: `HttpBuilder::new(token).proxy(fake.api_base())
 //! .ratelimiter_disabled(true)` (serenity only applies the proxy with its rate limiter off, and
 //! then neither paces nor retries 429s: the bot sees them), and `client.ws_url` set to
@@ -383,6 +387,9 @@ impl IncomingCommand {
 pub struct FakeDiscord {
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
+    router: Router,
+    /// TLS listeners started by [`FakeDiscord::serve_tls`].
+    tls_servers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -540,10 +547,58 @@ impl FakeDiscord {
             .route("/attachments/{id}/{filename}", get(attachment))
             .fallback(api)
             .with_state(shared.clone());
+        let served = router.clone();
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(listener, served).await;
         });
-        FakeDiscord { shared, server }
+        FakeDiscord {
+            shared,
+            server,
+            router,
+            tls_servers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Serves the same API over TLS with `certificate` on another port of 127.0.0.1, for a
+    /// client that must believe it talks to https://discord.com (serenity's own rate limiter
+    /// sends there and nowhere else): resolve discord.com to the returned address and trust
+    /// the certificate.
+    pub async fn serve_tls(
+        &self,
+        certificate: rustls::pki_types::CertificateDer<'static>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> SocketAddr {
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate], key)
+            .expect("a TLS configuration for the fake Discord");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake Discord's TLS port");
+        let addr = listener.local_addr().expect("the TLS address");
+        let router = self.router.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        self.tls_servers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(server);
+        addr
     }
 
     /// The bot token to give serenity (without the `Bot ` prefix, which serenity adds).
@@ -916,6 +971,14 @@ impl Drop for FakeDiscord {
     fn drop(&mut self) {
         self.control(Control::Drop);
         self.server.abort();
+        for server in self
+            .tls_servers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+        {
+            server.abort();
+        }
     }
 }
 
