@@ -326,10 +326,25 @@ async fn room_admins_are_not_exempt_and_cannot_set_budgets() {
     shown_with(
         &setup.platform,
         "c",
-        "Only the bot's configured admins can set budgets",
+        "Only the bot's own admins (set by its operator) can set budgets",
     )
     .await;
     assert!(fake.chat_requests("echo").is_empty());
+    // Nor see the account's balance and spenders, which reach beyond their room.
+    let mut balance = command("c", "ann", true, "balance");
+    balance.is_bot_admin = false;
+    setup.manager.handle(balance, out(&setup.platform)).await;
+    let refused = shown_with(&setup.platform, "c", "can see the Poe account's balance").await;
+    let refusal = refused
+        .iter()
+        .find(|message| message.text.contains("Poe account's balance"))
+        .unwrap();
+    assert!(refusal.private, "refusals are private");
+    assert!(
+        refusal.text.contains("anyone can create one"),
+        "{}",
+        refusal.text
+    );
     // The bot's own admin is exempt.
     let mut boss = message("c", "boss", "expensive");
     boss.is_admin = true;
@@ -796,7 +811,7 @@ async fn commands_work_for_admins_and_refuse_others() {
     assert!(text.contains("Top spenders"), "{text}");
     assert!(private, "admin output is private");
     let event = run("ann", false, "balance").await;
-    assert!(reply_to(&event)[0].0.contains("Only admins"));
+    assert!(reply_to(&event)[0].0.contains("Only the bot's own admins"));
 
     let event = run("boss", true, "budget <@ann> 50000").await;
     assert!(reply_to(&event)[0].0.contains("50000"));
@@ -807,16 +822,16 @@ async fn commands_work_for_admins_and_refuse_others() {
         reply_to(&event)
     );
     let event = run("ann", false, "budget ann 99999").await;
-    assert!(
-        reply_to(&event)[0]
-            .0
-            .contains("Only the bot's configured admins")
-    );
+    assert!(reply_to(&event)[0].0.contains("Only the bot's own admins"));
 
     let event = run("ann", false, "model").await;
     assert!(reply_to(&event)[0].0.contains("**echo**"));
     let event = run("ann", false, "model Claude-Sonnet-4.6").await;
-    assert!(reply_to(&event)[0].0.contains("Only admins"));
+    assert!(
+        reply_to(&event)[0]
+            .0
+            .contains("Only admins of this room or server")
+    );
     let event = run(
         "boss",
         true,
@@ -884,7 +899,11 @@ async fn commands_work_for_admins_and_refuse_others() {
     let event = run("ann", false, "").await;
     assert!(reply_to(&event)[0].0.contains("**Poe commands**"));
     let event = run("ann", false, "prompt be nice").await;
-    assert!(reply_to(&event)[0].0.contains("Only admins"));
+    assert!(
+        reply_to(&event)[0]
+            .0
+            .contains("Only admins of this room or server")
+    );
     let event = run("boss", true, "prompt clear").await;
     assert!(reply_to(&event)[0].0.contains("cleared"));
 }
@@ -1574,4 +1593,48 @@ async fn live_edits_close_open_code_fences_and_the_final_edit_is_exact() {
     }
     assert!(!last.live, "the final edit is marked live");
     assert_eq!(last.text, answer);
+}
+
+#[tokio::test]
+async fn a_room_admin_sees_the_spending_of_their_room_and_nothing_beyond() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script("echo", slow_text("An answer."));
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    for (room, user) in [("mine", "ann"), ("mine", "bob"), ("theirs", "cy")] {
+        setup
+            .manager
+            .handle(message(room, user, "a question"), out.clone())
+            .await;
+    }
+    for room in ["mine", "theirs"] {
+        shown_with(&setup.platform, room, "An answer.").await;
+    }
+    settled(&setup).await;
+    // Ann is an admin of her room only.
+    let mut here = command("mine", "ann", true, "usage here");
+    here.is_bot_admin = false;
+    setup.manager.handle(here, out.clone()).await;
+    let shown = shown_with(&setup.platform, "mine", "Spent here this period").await;
+    let report = shown
+        .iter()
+        .find(|message| message.text.contains("Spent here"))
+        .unwrap();
+    assert!(report.private);
+    assert!(
+        report.text.contains("ann: ") && report.text.contains("bob: "),
+        "{}",
+        report.text
+    );
+    assert!(
+        !report.text.contains("cy"),
+        "another room's spender leaked: {}",
+        report.text
+    );
+    // A plain member may not.
+    setup
+        .manager
+        .handle(command("mine", "bob", false, "usage here"), out.clone())
+        .await;
+    shown_with(&setup.platform, "mine", "can see who spent what here").await;
 }

@@ -115,35 +115,36 @@ async fn a_mention_gets_a_streamed_answer_and_follow_ups_keep_the_context() {
 }
 
 #[tokio::test]
-async fn balance_is_for_admins_only_and_every_command_is_acknowledged_in_time() {
+async fn balance_is_for_bot_admins_only_and_every_command_is_acknowledged_in_time() {
     let world = World::start().await;
     world.poe.set_balance(123_456);
     let balance = || options("balance", json!([]));
-    let admins = [
-        // By the member's permissions in the server.
-        IncomingCommand::new(CHANNEL, alice(), "poe", balance()).in_guild(GUILD, ADMINISTRATOR),
-        IncomingCommand::new(CHANNEL, bob(), "poe", balance()).in_guild(GUILD, MANAGE_GUILD),
-        // Configured: a role, and a user id (in a DM, where there are no permissions).
+    // Configured: a role, and a user id (in a DM, where there are no permissions).
+    let bot_admins = [
         IncomingCommand::new(CHANNEL, bob(), "poe", balance())
             .in_guild(GUILD, SEND_MESSAGES)
             .with_roles(&[ADMIN_ROLE]),
         IncomingCommand::new(DM, root(), "poe", balance()),
     ];
-    for command in admins {
+    for command in bot_admins {
         let id = world.slash(command).await;
         let (text, private) = world.slash_answer(id);
         assert!(text.contains("123456"), "{text}");
         assert!(private, "the balance was shown to everyone");
     }
-    let refused = world
-        .slash(
-            IncomingCommand::new(CHANNEL, bob(), "poe", balance()).in_guild(GUILD, SEND_MESSAGES),
-        )
-        .await;
-    let (text, private) = world.slash_answer(refused);
-    assert!(text.contains("Only admins"), "{text}");
-    assert!(!text.contains("123456"), "{text}");
-    assert!(private);
+    // Server admins by permission (anyone can make a server and add the bot), and a member.
+    let refused = [
+        IncomingCommand::new(CHANNEL, alice(), "poe", balance()).in_guild(GUILD, ADMINISTRATOR),
+        IncomingCommand::new(CHANNEL, bob(), "poe", balance()).in_guild(GUILD, MANAGE_GUILD),
+        IncomingCommand::new(CHANNEL, bob(), "poe", balance()).in_guild(GUILD, SEND_MESSAGES),
+    ];
+    for command in refused {
+        let id = world.slash(command).await;
+        let (text, private) = world.slash_answer(id);
+        assert!(text.contains("Only the bot's own admins"), "{text}");
+        assert!(!text.contains("123456"), "{text}");
+        assert!(private, "a refusal is private");
+    }
 
     // `/poe ask` answers in public, in the acknowledged message.
     world.poe.script("echo", Scenario::text("Forty-two."));
@@ -180,6 +181,141 @@ async fn balance_is_for_admins_only_and_every_command_is_acknowledged_in_time() 
         let ack = interaction.ack.as_ref().expect("acknowledged");
         assert_eq!(ack.kind, 5, "deferred, then edited");
     }
+    world.assert_clean();
+}
+
+/// Who may run what (the README's table), row by row: the bot's configured admin, a server
+/// owner who is not one (Administrator), and a plain member. Refusals are private and say which
+/// right is missing.
+#[tokio::test]
+async fn every_command_is_run_or_refused_by_the_right_it_needs() {
+    let world = World::start().await;
+    world.poe.set_balance(777_000);
+    world.poe.script("echo", Scenario::text("Four."));
+    let owner = FakeUser::new(810_000_000_000_000_009, "owner");
+    let member = bob();
+    // (what, options, who may: [bot admin, server owner, member], what a refusal names)
+    const ROOM: &str = "Only admins of this room or server";
+    const BOT: &str = "Only the bot's own admins";
+    let rows: Vec<(&str, Value, [bool; 3], &str)> = vec![
+        ("help", options("help", json!([])), [true, true, true], ""),
+        ("usage", options("usage", json!([])), [true, true, true], ""),
+        (
+            "usage here",
+            options("usage", json!([{"type": 5, "name": "here", "value": true}])),
+            [true, true, false],
+            ROOM,
+        ),
+        (
+            "models",
+            options("models", json!([])),
+            [true, true, true],
+            "",
+        ),
+        ("model", options("model", json!([])), [true, true, true], ""),
+        (
+            "model <name>",
+            options(
+                "model",
+                json!([{"type": 3, "name": "name", "value": "echo"}]),
+            ),
+            [true, true, false],
+            ROOM,
+        ),
+        (
+            "prompt",
+            options("prompt", json!([])),
+            [true, true, true],
+            "",
+        ),
+        (
+            "prompt <text>",
+            options(
+                "prompt",
+                json!([{"type": 3, "name": "text", "value": "Be brief."}]),
+            ),
+            [true, true, false],
+            ROOM,
+        ),
+        (
+            "prompt clear",
+            options(
+                "prompt",
+                json!([{"type": 3, "name": "text", "value": "clear"}]),
+            ),
+            [true, true, false],
+            ROOM,
+        ),
+        ("reset", options("reset", json!([])), [true, true, true], ""),
+        (
+            "ask",
+            options(
+                "ask",
+                json!([{"type": 3, "name": "question", "value": "two plus two?"}]),
+            ),
+            [true, true, true],
+            "",
+        ),
+        (
+            "balance",
+            options("balance", json!([])),
+            [true, false, false],
+            BOT,
+        ),
+        (
+            "budget",
+            options(
+                "budget",
+                json!([{"type": 6, "name": "user", "value": member.id.to_string()},
+                       {"type": 4, "name": "points", "value": 500}]),
+            ),
+            [true, false, false],
+            BOT,
+        ),
+    ];
+    let people = [
+        (root(), SEND_MESSAGES),
+        (owner.clone(), ADMINISTRATOR),
+        (member.clone(), SEND_MESSAGES),
+    ];
+    for (what, command, allowed, missing) in &rows {
+        for ((person, permissions), may) in people.iter().zip(allowed) {
+            let id = world
+                .slash(
+                    IncomingCommand::new(CHANNEL, person.clone(), "poe", command.clone())
+                        .in_guild(GUILD, *permissions),
+                )
+                .await;
+            let (text, private) = world.slash_answer(id);
+            let who = &person.name;
+            if *may {
+                assert!(
+                    !text.starts_with("Only"),
+                    "{who} was refused `{what}`: {text}"
+                );
+                if *what == "ask" {
+                    world
+                        .discord
+                        .wait_for_within(WAIT, "the ask's answer", |fake| {
+                            let original = fake.interaction(id)?.original?;
+                            (fake.message(original)?.content == "Four.").then_some(())
+                        })
+                        .await;
+                }
+            } else {
+                assert!(text.starts_with(missing), "{who} ran `{what}`: {text}");
+                assert!(private, "{who}'s refusal of `{what}` was public");
+            }
+        }
+    }
+    // Only the bot's admin set a budget: the member's is 500 now.
+    let id = world
+        .slash(
+            IncomingCommand::new(CHANNEL, member, "poe", options("usage", json!([])))
+                .in_guild(GUILD, SEND_MESSAGES),
+        )
+        .await;
+    assert!(world.slash_answer(id).0.contains("of **500** points"));
     world.assert_clean();
 }
 
@@ -256,7 +392,12 @@ async fn slash_commands_with_bad_input_get_clear_answers() {
         )
         .await;
     let (text, private) = world.slash_answer(id);
-    assert!(text.contains("Only admins can change the model"), "{text}");
+    assert!(
+        text.contains(
+            "Only admins of this room or server (or the bot's own admins) can change the model here"
+        ),
+        "{text}"
+    );
     assert!(private, "{text}");
     let ack = world
         .discord

@@ -449,42 +449,100 @@ async fn a_send_that_failed_after_the_homeserver_took_it_is_not_posted_twice() {
     assert_eq!(answer[0].text, ANSWER);
 }
 
+/// Who may run what (the README's table), row by row: Carol, the bot's configured admin
+/// (power level 0 in the room); Alice, who created the room (power level 100) and is no admin
+/// of the bot; Bob, a member. A refusal says which right is missing.
 #[tokio::test]
-async fn balance_is_for_admins_only() {
+async fn every_command_is_run_or_refused_by_the_right_it_needs() {
     let world = World::start_with(Setup {
         matrix: "allowed_servers = [\"localhost\"]\nadmins = [\"@carol:localhost\"]".into(),
         ..Setup::default()
     })
     .await;
     world.fake.set_balance(123_456);
+    world.fake.script("echo", Scenario::text("Four."));
     let bob = world.human("bob").await;
     let carol = world.human("carol").await;
     let room = world.room(false, &[&bob, &carol]).await;
-
-    // Alice created the room (a power level above the threshold); Carol is configured.
-    for (admin, command) in [(&world.alice, "!poe balance"), (&carol, "/POE balance")] {
-        let asked = admin.say(&room, command).await;
-        let shown = admin
-            .wait_for(&room, &world.bot_id, WAIT, |shown| {
-                !answer_to(shown, asked.as_str()).is_empty()
-            })
-            .await;
-        let reply = answer_to(&shown, asked.as_str())[0];
-        assert!(reply.text.contains("123456 points"), "{}", reply.text);
-        assert_mentions_nobody(reply);
+    const ROOM: &str = "Only admins of this room or server";
+    const BOT: &str = "Only the bot's own admins";
+    // (command, who may: [Carol, Alice, Bob], what a refusal names, what an answer shows)
+    let rows: [(&str, [bool; 3], &str, &str); 14] = [
+        ("!poe help", [true, true, true], "", "Poe commands"),
+        ("!poe usage", [true, true, true], "", "You have used"),
+        ("!poe usage here", [true, true, false], ROOM, "Spent here"),
+        ("!poe models", [true, true, true], "", "models"),
+        ("!poe model", [true, true, true], "", "echo"),
+        ("!poe model echo", [true, true, false], ROOM, "echo"),
+        ("!poe prompt", [true, true, true], "", "system prompt"),
+        (
+            "!poe prompt Be brief.",
+            [true, true, false],
+            ROOM,
+            "system prompt is set",
+        ),
+        ("!poe prompt clear", [true, true, false], ROOM, "cleared"),
+        ("!poe reset", [true, true, true], "", "starts fresh"),
+        ("!poe two plus two?", [true, true, true], "", "Four."),
+        (
+            "!poe balance",
+            [true, false, false],
+            BOT,
+            "**Poe balance:** 123",
+        ),
+        (
+            "/POE balance",
+            [true, false, false],
+            BOT,
+            "**Poe balance:** 123",
+        ),
+        (
+            "!poe budget @bob:localhost 5000",
+            [true, false, false],
+            BOT,
+            "5000",
+        ),
+    ];
+    let people = [&carol, &world.alice, &bob];
+    for (command, allowed, missing, shows) in rows {
+        for (person, may) in people.iter().zip(allowed) {
+            let asked = person.say(&room, command).await;
+            // A question's answer streams in; a command's reply comes whole.
+            let streamed = may && shows == "Four.";
+            let shown = person
+                .wait_for(&room, &world.bot_id, WAIT, |shown| {
+                    answer_to(shown, asked.as_str())
+                        .first()
+                        .is_some_and(|reply| {
+                            !reply.text.is_empty() && (!streamed || reply.text == shows)
+                        })
+                })
+                .await;
+            let reply = answer_to(&shown, asked.as_str())[0];
+            let who = person.user_id.localpart();
+            if may {
+                assert!(
+                    reply.text.contains(shows),
+                    "{who} ran `{command}`: {}",
+                    reply.text
+                );
+                assert!(
+                    !reply.text.starts_with("Only"),
+                    "{who} was refused `{command}`"
+                );
+            } else {
+                assert!(
+                    reply.text.starts_with(missing),
+                    "{who} ran `{command}`: {}",
+                    reply.text
+                );
+                assert!(!reply.text.contains("Poe balance"), "{}", reply.text);
+            }
+            assert_mentions_nobody(reply);
+        }
     }
-
-    let refused = bob.say(&room, "/poe balance").await;
-    let shown = bob
-        .wait_for(&room, &world.bot_id, WAIT, |shown| {
-            !answer_to(shown, refused.as_str()).is_empty()
-        })
-        .await;
-    let reply = answer_to(&shown, refused.as_str())[0];
-    assert!(reply.text.contains("Only admins"), "{}", reply.text);
-    assert!(!reply.text.contains("123456"), "{}", reply.text);
-    // Neither command was a question for Poe.
-    assert!(world.fake.chat_requests("echo").is_empty());
+    // Only the questions went to Poe: three of them, one each.
+    assert_eq!(world.contexts().len(), 3, "{:#?}", world.contexts());
 }
 
 #[tokio::test]

@@ -204,15 +204,28 @@ impl Budgets {
             .set_user_budget(user_key, points.map(|points| UserBudget { points }))
     }
 
-    /// The biggest spenders of the current period: (name, points), most first.
+    /// The biggest spenders of the current period: (name, points), most first; with
+    /// `within`, only what was spent in that channel (and its threads).
     pub fn top_spenders(
         &self,
         now_ms: i64,
         count: usize,
+        within: Option<&str>,
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let (start, _) = period::bounds(self.config.period, now_ms);
         let mut totals: HashMap<String, (String, i64)> = HashMap::new();
+        let inside = |channel: &str| {
+            within.is_none_or(|within| {
+                channel == within
+                    || channel
+                        .strip_prefix(within)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
         for entry in self.store.ledger_since(start * 1000)? {
+            if !inside(&entry.channel) {
+                continue;
+            }
             let total = totals
                 .entry(entry.user.clone())
                 .or_insert((entry.user_name.clone(), 0));
@@ -283,7 +296,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(budgets.standing(&spender(true), now).unwrap().limit, None);
-        assert_eq!(budgets.top_spenders(now, 5).unwrap()[0].1, 1070);
+        assert_eq!(budgets.top_spenders(now, 5, None).unwrap()[0].1, 1070);
         // An override applies; the next period starts clean.
         budgets.set_limit("memory:ann", Some(2000)).unwrap();
         assert_eq!(

@@ -22,7 +22,10 @@ pub fn is_subcommand(word: &str) -> bool {
 pub enum Command {
     Help,
     Balance,
-    Usage,
+    /// The caller's own usage, or (`usage here`) this room's spend by person.
+    Usage {
+        here: bool,
+    },
     /// `budget <user> <points|default>`.
     Budget {
         user: String,
@@ -61,7 +64,11 @@ pub fn parse(input: &str) -> Parsed {
     match word.to_ascii_lowercase().as_str() {
         "" | "help" => Ok(Command::Help),
         "balance" => Ok(Command::Balance),
-        "usage" => Ok(Command::Usage),
+        "usage" => match rest.to_ascii_lowercase().as_str() {
+            "" => Ok(Command::Usage { here: false }),
+            "here" => Ok(Command::Usage { here: true }),
+            _ => Err("`usage` takes nothing, or `here` for this room's spending".into()),
+        },
         "reset" => Ok(Command::Reset),
         "models" => Ok(Command::Models {
             filter: (!rest.is_empty()).then(|| rest.to_owned()),
@@ -123,13 +130,14 @@ pub fn help_text() -> String {
         "**Poe commands**",
         "• `help`: this list",
         "• `usage`: what you have spent and what is left",
+        "• `usage here`: who spent what in this room or channel this period (its admins)",
         "• `models [text]`: the models Poe offers (filtered by text)",
         "• `model`: this channel's model and its parameters",
-        "• `model <name> [key=value …]`: change them (admins)",
-        "• `prompt`: this channel's system prompt; `prompt <text>` or `prompt clear` to change it (admins)",
+        "• `model <name> [key=value …]`: change them (this room's or server's admins)",
+        "• `prompt`: this channel's system prompt; `prompt <text>` or `prompt clear` to change it (this room's or server's admins)",
         "• `reset`: forget the conversation so far (it stays on disk, but is no longer sent)",
-        "• `balance`: the Poe account's points, recent burn and top spenders (admins)",
-        "• `budget <user> <points|default>`: set a user's budget per period (admins)",
+        "• `balance`: the Poe account's points, recent burn and top spenders (the bot's own admins)",
+        "• `budget <user> <points|default>`: set a user's budget per period (the bot's own admins)",
     ]
     .join("\n")
 }
@@ -156,8 +164,18 @@ fn private(text: String) -> Reply {
     }
 }
 
-fn admins_only(what: &str) -> Reply {
-    private(format!("Only admins can {what}."))
+/// A refusal for what concerns this room or server: it says which right is missing.
+fn room_admins_only(what: &str) -> Reply {
+    private(format!(
+        "Only admins of this room or server (or the bot's own admins) can {what}."
+    ))
+}
+
+/// A refusal for what concerns the whole Poe account or other communities.
+fn bot_admins_only(what: &str) -> Reply {
+    private(format!(
+        "Only the bot's own admins (set by its operator) can {what}. Being an admin of a room or server is not enough: anyone can create one."
+    ))
 }
 
 /// Runs a parsed command (or answers a parse failure with help).
@@ -187,7 +205,26 @@ async fn run(
     let channel = &inbound.channel;
     Ok(match command {
         Command::Help => private(help_text()),
-        Command::Usage => {
+        Command::Usage { here: true } if !inbound.is_admin => {
+            room_admins_only("see who spent what here")
+        }
+        Command::Usage { here: true } => {
+            let resets =
+                period::format_utc(period::bounds(services.budgets.config().period, now_ms).1);
+            let here = channel.to_string();
+            let spenders = services.budgets.top_spenders(now_ms, 10, Some(&here))?;
+            let mut lines = vec![format!(
+                "**Spent here this period** (until {resets}), by the people who asked here:"
+            )];
+            if spenders.is_empty() {
+                lines.push("nobody yet".into());
+            }
+            for (rank, (name, points)) in spenders.iter().enumerate() {
+                lines.push(format!("{}. {name}: {points} points", rank + 1));
+            }
+            private(lines.join("\n"))
+        }
+        Command::Usage { here: false } => {
             let standing = services
                 .budgets
                 .standing(&services.spender(inbound), now_ms)?;
@@ -205,11 +242,11 @@ async fn run(
                 ),
             })
         }
-        Command::Balance if !inbound.is_admin => admins_only("see the Poe balance"),
-        Command::Balance => private(balance(services, now_ms).await?),
-        Command::Budget { .. } if !inbound.is_bot_admin => {
-            private("Only the bot's configured admins can set budgets (room admins cannot).".into())
+        Command::Balance if !inbound.is_bot_admin => {
+            bot_admins_only("see the Poe account's balance and who spends it")
         }
+        Command::Balance => private(balance(services, now_ms).await?),
+        Command::Budget { .. } if !inbound.is_bot_admin => bot_admins_only("set budgets"),
         Command::Budget { user, points } => {
             let key = format!("{}:{user}", channel.platform);
             services.budgets.set_limit(&key, points)?;
@@ -226,7 +263,7 @@ async fn run(
             name: None,
             parameters,
         } if parameters.is_empty() => public(show_model(services, inbound).await?),
-        Command::Model { .. } if !inbound.is_admin => admins_only("change the model"),
+        Command::Model { .. } if !inbound.is_admin => room_admins_only("change the model here"),
         Command::Model { name, parameters } => {
             public(change_model(services, inbound, name, parameters).await?)
         }
@@ -240,7 +277,9 @@ async fn run(
                 None => "This channel has no system prompt.".into(),
             })
         }
-        Command::Prompt(_) if !inbound.is_admin => admins_only("change the system prompt"),
+        Command::Prompt(_) if !inbound.is_admin => {
+            room_admins_only("change the system prompt here")
+        }
         Command::Prompt(change) => {
             let prompt = match change {
                 PromptChange::Set(text) => Some(text),
@@ -292,7 +331,7 @@ async fn balance(services: &Services, now_ms: i64) -> Result<String, crate::stor
             err.user_message()
         )),
     }
-    let top = services.budgets.top_spenders(now_ms, 5)?;
+    let top = services.budgets.top_spenders(now_ms, 5, None)?;
     if top.is_empty() {
         lines.push("**Top spenders this period:** nobody yet".into());
     } else {

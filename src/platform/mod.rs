@@ -77,8 +77,8 @@ pub struct Inbound {
     pub channel: ChannelKey,
     pub user_id: String,
     pub user_name: String,
-    /// May run admin commands here (see the balance, change the channel's model and
-    /// prompt): configured ids, roles, room power levels or server permissions.
+    /// May run this room's admin commands (change the channel's model and prompt, see what
+    /// was spent here): configured ids, roles, room power levels or server permissions.
     pub is_admin: bool,
     /// Configured as an admin of the bot itself: may set budgets and spends without limit.
     /// Room-level rights alone never grant this, since anyone can create a room.

@@ -1,7 +1,7 @@
 //! Who may do what on Discord.
 //!
 //! Configured users and roles are admins of the bot itself (budgets, no spending limit).
-//! Members with Administrator or Manage Server are admins of their server only (balance, a
+//! Members with Administrator or Manage Server are admins of their server only (spending here, a
 //! channel's model and prompt): anyone can create a server and invite the bot, so server
 //! rights never reach the bot's own settings.
 

@@ -28,7 +28,11 @@ pub fn definition() -> Value {
                 "type": 3, "name": "question", "description": "Your question",
                 "required": true, "max_length": MAX_QUESTION,
             }])),
-            sub("usage", "What you have spent and what is left", json!([])),
+            sub("usage", "What you have spent and what is left", json!([
+                {"type": 5, "name": "here",
+                 "description": "Who spent what in this channel instead (its admins)",
+                 "required": false},
+            ])),
             sub("models", "The models Poe offers", json!([
                 text("filter", "Only models whose name contains this", false),
             ])),
@@ -102,9 +106,12 @@ impl Request {
             // usage, the account's balance, budgets and refusals are private.
             Request::Command(text) => match commands::parse(text) {
                 Err(_)
-                | Ok(Command::Help | Command::Usage | Command::Balance | Command::Budget { .. }) => {
-                    true
-                }
+                | Ok(
+                    Command::Help
+                    | Command::Usage { .. }
+                    | Command::Balance
+                    | Command::Budget { .. },
+                ) => true,
                 Ok(Command::Model { name, parameters }) => {
                     !is_admin && (name.is_some() || !parameters.is_empty())
                 }
@@ -158,6 +165,11 @@ pub fn translate(subcommand: &str, options: &[(String, OptionValue)]) -> Request
         }
         "model" => Request::Command(join(&[Some(sub.clone()), text("name"), text("parameters")])),
         "models" => Request::Command(join(&[Some(sub.clone()), text("filter")])),
+        "usage" => match get("here") {
+            Some(OptionValue::Boolean(true)) => Request::Command("usage here".into()),
+            Some(OptionValue::Boolean(false)) | None => Request::Command(sub),
+            Some(_) => Request::Invalid("`here` must be true or false.".into()),
+        },
         "prompt" => Request::Command(join(&[Some(sub.clone()), text("text")])),
         // The rest take no options; an unknown name gets the core's help.
         _ => Request::Command(sub),
@@ -199,6 +211,11 @@ mod tests {
             ),
             ("balance", vec![], Request::Command("balance".into())),
             ("usage", vec![], Request::Command("usage".into())),
+            (
+                "usage",
+                vec![option("here", Boolean(true))],
+                Request::Command("usage here".into()),
+            ),
             ("reset", vec![], Request::Command("reset".into())),
             ("help", vec![], Request::Command("help".into())),
             (
