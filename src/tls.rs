@@ -1,12 +1,11 @@
 //! The process-wide TLS crypto provider.
 //!
 //! rustls 0.23 picks its process default provider by itself only when exactly one of its
-//! backends is compiled in. This crate's graph has two: reqwest 0.13 (and matrix-sdk through
-//! it) enables `aws-lc-rs`, while serenity's reqwest 0.12 enables `ring`. With both present,
-//! code that builds a plain `rustls::ClientConfig::builder()` panics with "no process-level
-//! CryptoProvider available" unless a provider was installed first. (reqwest 0.13 itself falls
-//! back to aws-lc-rs, so today nothing here panics; this keeps it that way whatever a
-//! dependency does next.)
+//! backends is compiled in. reqwest 0.13 (and matrix-sdk through it) enables `aws-lc-rs`; the
+//! test tools enable `ring` too (and serenity's rustls backend did, before it moved to native
+//! TLS). With both present, code that builds a plain `rustls::ClientConfig::builder()` panics
+//! with "no process-level CryptoProvider available" unless a provider was installed first.
+//! This keeps that from happening whatever a dependency does next.
 //!
 //! [`install_crypto_provider`] installs aws-lc-rs (the provider reqwest 0.13 would pick on its
 //! own). It is idempotent and cheap, so it is called at the top of every `main` and also by

@@ -27,4 +27,16 @@ export POE_RELAY_TEST_PYTHON="$PWD/target/py-venv/bin/python"
 install_venv target/synapse-venv tests/python/synapse-requirements.txt "Synapse"
 export POE_RELAY_TEST_SYNAPSE="$PWD/target/synapse-venv/bin/python"
 
+# The dependency audit, offline against the RustSec snapshot in ../shared: any vulnerability,
+# and any unmaintained, unsound or yanked crate, that .cargo/audit.toml does not list with its
+# reason fails the run. cargo-audit is pinned and built from crates.io into target/cargo-tools
+# once (about 3 minutes on 2 cores).
+AUDIT_VERSION=0.22.2
+AUDIT="$PWD/target/cargo-tools/bin/cargo-audit"
+if ! "$AUDIT" --version 2>/dev/null | grep -qx "cargo-audit $AUDIT_VERSION"; then
+  echo "installing cargo-audit $AUDIT_VERSION into target/cargo-tools" >&2
+  cargo install --quiet --locked cargo-audit --version "$AUDIT_VERSION" --root "$PWD/target/cargo-tools"
+fi
+"$AUDIT" audit --db "${POE_RELAY_SHARED:-../shared}/advisory-db" --no-fetch
+
 cargo test --locked --no-fail-fast "$@"
