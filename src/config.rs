@@ -215,6 +215,36 @@ pub struct MatrixConfig {
     pub max_sends_per_second: f64,
     /// Events the bot may send at once before that rate applies (Synapse: `burst_count`, 10).
     pub send_burst: u32,
+    /// Who may use the bot at all, beyond the invite rules.
+    pub access: MatrixAccess,
+}
+
+/// Where and by whom the bot may be used on Matrix. Empty lists allow everyone; the bot's
+/// configured admins are always allowed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixAccess {
+    /// Room ids (`!abc…`) where the bot answers; other rooms it may be in get no answer.
+    pub allow_rooms: Vec<String>,
+    /// Matrix ids that may ask; others are not answered.
+    pub allow_users: Vec<String>,
+}
+
+/// Where and by whom the bot may be used on Discord. Empty allow lists allow everyone; a block
+/// list wins over an allow list; the bot's configured admins are always allowed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscordAccess {
+    /// Server channels where the bot answers (a thread follows its parent channel). DMs follow
+    /// `discord.allow_dms`.
+    pub allow_channels: Vec<String>,
+    pub block_channels: Vec<String>,
+    /// Roles whose members may use the bot (with `allow_users`: members of these roles, or
+    /// these users).
+    pub allow_roles: Vec<String>,
+    pub block_roles: Vec<String>,
+    pub allow_users: Vec<String>,
+    pub block_users: Vec<String>,
 }
 
 impl MatrixConfig {
@@ -244,6 +274,7 @@ impl Default for MatrixConfig {
             // the account's other events and for clock differences.
             max_sends_per_second: 0.18,
             send_burst: 8,
+            access: MatrixAccess::default(),
         }
     }
 }
@@ -267,6 +298,8 @@ pub struct DiscordConfig {
     /// Requests per second the bot makes over all channels, under Discord's global limit
     /// of 50 (interaction answers do not count).
     pub max_requests_per_second: f64,
+    /// Who may use the bot at all.
+    pub access: DiscordAccess,
     /// Tests only: another REST base (`http://127.0.0.1:PORT`) instead of discord.com. It
     /// turns serenity's own rate limiter off, which only a fake Discord can take.
     pub api_base: Option<String>,
@@ -284,6 +317,7 @@ impl Default for DiscordConfig {
             allow_dms: true,
             ignore_bots: true,
             max_requests_per_second: 40.0,
+            access: DiscordAccess::default(),
             api_base: None,
             gateway_url: None,
         }
@@ -631,10 +665,21 @@ impl Config {
                 );
             }
         }
+        for (index, room) in matrix.access.allow_rooms.iter().enumerate() {
+            if !room.starts_with('!') || room.contains(char::is_whitespace) {
+                problem(
+                    &format!("matrix.access.allow_rooms[{index}]"),
+                    &format!(
+                        "`{room}` is not a room id; copy it from the room's settings (it starts with `!`)"
+                    ),
+                );
+            }
+        }
         for (key, users) in [
             ("matrix.admins", &matrix.admins),
             ("matrix.allowed_users", &matrix.allowed_users),
             ("matrix.ignored_users", &matrix.ignored_users),
+            ("matrix.access.allow_users", &matrix.access.allow_users),
         ] {
             for (index, user) in users.iter().enumerate() {
                 if !is_user_id(user) {
@@ -703,10 +748,17 @@ impl Config {
                 "must be between 1 and 50 (Discord allows a bot 50 requests a second in all)",
             );
         }
+        let access = &discord.access;
         for (key, ids) in [
             ("discord.guilds", &discord.guilds),
             ("discord.admins", &discord.admins),
             ("discord.admin_roles", &discord.admin_roles),
+            ("discord.access.allow_channels", &access.allow_channels),
+            ("discord.access.block_channels", &access.block_channels),
+            ("discord.access.allow_roles", &access.allow_roles),
+            ("discord.access.block_roles", &access.block_roles),
+            ("discord.access.allow_users", &access.allow_users),
+            ("discord.access.block_users", &access.block_users),
         ] {
             for (index, id) in ids.iter().enumerate() {
                 if !is_snowflake(id) {

@@ -1113,3 +1113,143 @@ async fn dms_when_allowed_bots_never_and_files_without_words() {
     );
     world.assert_clean();
 }
+
+/// `discord.access`: only the allowed channel (and its threads) is answered; a blocked user
+/// or role is not; a refused mention gets no answer at all and a refused slash command one
+/// private note; none of them reaches Poe. The bot's own admins are never locked out.
+#[tokio::test]
+async fn the_access_lists_decide_who_is_answered_where() {
+    const OTHER_THREAD: u64 = 910_000_000_000_000_020;
+    const MUTED_ROLE: u64 = 910_000_000_000_000_021;
+    let world = World::start_with(
+        &format!(
+            "access.allow_channels = [\"{CHANNEL}\"]\n\
+             access.block_users = [\"{bob}\"]\n\
+             access.block_roles = [\"{MUTED_ROLE}\"]",
+            bob = bob().id
+        ),
+        &[],
+    )
+    .await;
+    world.discord.add_thread(THREAD, CHANNEL, GUILD);
+    world.discord.add_thread(OTHER_THREAD, OTHER_CHANNEL, GUILD);
+    world.poe.script("echo", Scenario::text("Sure."));
+    let mention_as = |channel: u64, author: FakeUser, roles: &[u64], text: &str| {
+        let content = format!("{} {text}", world.discord.mention());
+        world.discord.dispatch_message(
+            IncomingMessage::new(channel, author, &content)
+                .in_guild(GUILD)
+                .with_roles(roles)
+                .mentioning(&world.discord.bot_user()),
+        )
+    };
+
+    // Refused first, then an allowed question in the same channel: the channel's messages
+    // are handled in order, so once the second is answered the first was turned away.
+    let refused = [
+        (CHANNEL, mention_as(CHANNEL, bob(), &[], "bob here")),
+        (
+            CHANNEL,
+            mention_as(CHANNEL, alice(), &[MUTED_ROLE], "muted"),
+        ),
+        (
+            OTHER_CHANNEL,
+            mention_as(OTHER_CHANNEL, alice(), &[], "elsewhere"),
+        ),
+        (
+            OTHER_THREAD,
+            mention_as(OTHER_THREAD, alice(), &[], "thread elsewhere"),
+        ),
+    ];
+    let allowed = [
+        (CHANNEL, world.mention(CHANNEL, alice(), "in the channel")),
+        (THREAD, world.mention(THREAD, alice(), "in its thread")),
+        // The bot's admins are answered anywhere.
+        (
+            OTHER_CHANNEL,
+            world.mention(OTHER_CHANNEL, root(), "admin elsewhere"),
+        ),
+        (
+            OTHER_THREAD,
+            world.mention(OTHER_THREAD, root(), "admin in a thread"),
+        ),
+    ];
+    for (channel, trigger) in allowed {
+        world.wait_answer(channel, trigger, "Sure.").await;
+    }
+    for (channel, trigger) in refused {
+        assert!(
+            answer_in(&world.discord, channel, trigger).is_empty(),
+            "a refused mention in {channel} was answered"
+        );
+    }
+    for channel in [CHANNEL, THREAD, OTHER_CHANNEL, OTHER_THREAD] {
+        let notes = world.discord.bot_messages(channel).len();
+        assert_eq!(notes, 1, "{channel} got {notes} messages from the bot");
+    }
+
+    // Slash commands: one private note each, saying why.
+    let ask = |channel: u64, user: FakeUser, roles: &[u64]| {
+        IncomingCommand::new(
+            channel,
+            user,
+            "poe",
+            options(
+                "ask",
+                json!([{"type": 3, "name": "question", "value": "slash question"}]),
+            ),
+        )
+        .in_guild(GUILD, SEND_MESSAGES)
+        .with_roles(roles)
+    };
+    for (command, note) in [
+        (ask(CHANNEL, bob(), &[]), "You cannot use this bot here"),
+        (
+            ask(CHANNEL, alice(), &[MUTED_ROLE]),
+            "You cannot use this bot here",
+        ),
+        (
+            ask(OTHER_CHANNEL, alice(), &[]),
+            "This bot is not used in this channel.",
+        ),
+        (
+            ask(OTHER_THREAD, alice(), &[]),
+            "This bot is not used in this channel.",
+        ),
+    ] {
+        let id = world.slash(command).await;
+        let (text, private) = world.slash_answer(id);
+        assert!(text.starts_with(note), "{text}");
+        assert!(private, "a refusal is private: {text}");
+    }
+    // A slash command in the allowed channel's thread is answered (Discord names the
+    // thread's parent in the interaction).
+    let id = world.slash(ask(THREAD, alice(), &[])).await;
+    world
+        .discord
+        .wait_for_within(WAIT, "the slash answer in the thread", |fake| {
+            let original = fake.interaction(id)?.original?;
+            (fake.message(original)?.content == "Sure.").then_some(())
+        })
+        .await;
+
+    // Poe heard only the allowed questions.
+    let mut asked: Vec<String> = world
+        .contexts()
+        .iter()
+        .filter_map(|context| context.last().cloned())
+        .collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            "alice: in its thread",
+            "alice: in the channel",
+            "alice: slash question",
+            "root: admin elsewhere",
+            "root: admin in a thread",
+        ]
+    );
+    assert_eq!(world.bot.log().matches("question refused").count(), 8);
+    world.assert_clean();
+}

@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use serde_json::json;
 use serenity::all::{
-    ApplicationId, ChannelId, ClientBuilder, Command, CommandDataOptionValue, CommandOptionType,
-    Context, CreateAllowedMentions, CreateAttachment, CreateCommand, CreateCommandOption,
-    CreateInteractionResponse, CreateInteractionResponseMessage, CreateMessage,
-    EditInteractionResponse, EditMessage, EventHandler, GatewayIntents, Http, HttpBuilder,
-    HttpError, Interaction, InteractionId, Message, MessageUpdateEvent, Ready, ShardManager,
+    ApplicationId, Channel, ChannelId, ChannelType, ClientBuilder, Command, CommandDataOptionValue,
+    CommandOptionType, Context, CreateAllowedMentions, CreateAttachment, CreateCommand,
+    CreateCommandOption, CreateInteractionResponse, CreateInteractionResponseMessage,
+    CreateMessage, EditInteractionResponse, EditMessage, EventHandler, GatewayIntents, Http,
+    HttpBuilder, HttpError, Interaction, InteractionId, Message, MessageUpdateEvent,
+    PartialChannel, Ready, ShardManager,
 };
 use tokio::sync::mpsc;
 
 use support::fake_discord::{
-    FakeDiscord, FakeDiscordOptions, FakeUser, IncomingCommand, IncomingMessage,
+    FAKE_CATEGORY, FakeDiscord, FakeDiscordOptions, FakeUser, IncomingCommand, IncomingMessage,
 };
 
 const GUILD: u64 = 900_000_000_000_000_001;
@@ -1125,4 +1126,61 @@ async fn message_content_follows_the_identify_intents() {
         ]
     );
     bot.stop().await;
+}
+
+/// `GET /channels/{id}` as serenity reads it: a thread names its parent channel, a text
+/// channel's parent is its category (no thread), a DM is a private channel with its person,
+/// and an unknown channel is Discord's 10003. The partial channel an interaction carries is
+/// the same object, and serenity reads it as a `PartialChannel`.
+#[tokio::test]
+async fn channels_are_looked_up_as_serenity_reads_them() {
+    const THREAD: u64 = 900_000_000_000_000_010;
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    fake.add_thread(THREAD, CHANNEL, GUILD);
+    fake.dispatch_message(IncomingMessage::new(OTHER_CHANNEL, alice(), "hello"));
+    let http = fake_http(&fake);
+
+    match http.get_channel(ChannelId::new(THREAD)).await {
+        Ok(Channel::Guild(thread)) => {
+            assert_eq!(thread.kind, ChannelType::PublicThread);
+            assert_eq!(thread.parent_id, Some(ChannelId::new(CHANNEL)));
+            assert_eq!(thread.guild_id.get(), GUILD);
+            assert!(thread.thread_metadata.is_some_and(|meta| !meta.archived));
+        }
+        other => panic!("the thread: {other:?}"),
+    }
+    match http.get_channel(ChannelId::new(CHANNEL)).await {
+        Ok(Channel::Guild(channel)) => {
+            assert_eq!(channel.kind, ChannelType::Text);
+            assert_eq!(channel.parent_id, Some(ChannelId::new(FAKE_CATEGORY)));
+        }
+        other => panic!("the text channel: {other:?}"),
+    }
+    match http.get_channel(ChannelId::new(OTHER_CHANNEL)).await {
+        Ok(Channel::Private(dm)) => {
+            assert_eq!(dm.kind, ChannelType::Private);
+            assert_eq!(dm.recipient.id.get(), alice().id);
+        }
+        other => panic!("the DM: {other:?}"),
+    }
+    match http
+        .get_channel(ChannelId::new(900_000_000_000_000_099))
+        .await
+    {
+        Err(serenity::Error::Http(HttpError::UnsuccessfulRequest(response))) => {
+            assert_eq!(response.status_code.as_u16(), 404);
+            assert_eq!(response.error.code, 10003);
+            assert_eq!(response.error.message, "Unknown Channel");
+        }
+        other => panic!("an unknown channel: {other:?}"),
+    }
+    let partial: PartialChannel = serde_json::from_value(fake.channel(THREAD).expect("the thread"))
+        .expect("serenity reads it");
+    assert_eq!(partial.kind, ChannelType::PublicThread);
+    assert_eq!(partial.parent_id, Some(ChannelId::new(CHANNEL)));
+    // The fake records every refused call; the unknown channel is the only one.
+    let violations = fake.violations();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].status, 404);
 }

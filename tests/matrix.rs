@@ -1345,3 +1345,83 @@ async fn a_failed_first_login_says_why_and_can_be_retried() {
     right.wait_for_log("poe-relay started", 1, WAIT).await;
     assert!(right.log().contains("logged in as a new device"));
 }
+
+/// `matrix.access`: only listed people, and (once set) only listed rooms, are answered; the
+/// rest get no answer (a room has no private reply) and never reach Poe. The bot's own
+/// admins are answered anywhere.
+#[tokio::test]
+async fn the_access_lists_decide_who_is_answered_where() {
+    let mut world = World::start_with(Setup {
+        matrix: "allowed_servers = [\"localhost\"]\nadmins = [\"@carol:localhost\"]\n\
+                 access.allow_users = [\"@alice:localhost\"]"
+            .into(),
+        ..Setup::default()
+    })
+    .await;
+    world.fake.script("echo", Scenario::text("Sure."));
+    let bob = world.human("bob").await;
+    let carol = world.human("carol").await;
+    let room = world.room(false, &[&bob, &carol]).await;
+    let other = world.room(false, &[&bob, &carol]).await;
+    let answered = |shown: &[Shown], asked: &OwnedEventId| {
+        answer_to(shown, asked.as_str())
+            .first()
+            .is_some_and(|reply| reply.text == "Sure.")
+    };
+
+    // A room's messages are handled in order: once Alice is answered, Bob was turned away.
+    let refused_bob = bob.say(&room, "!poe bob asks").await;
+    let by_alice = world.alice.say(&room, "!poe alice asks").await;
+    let by_carol = carol.say(&room, "!poe carol asks").await;
+    let shown = world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answered(shown, &by_alice) && answered(shown, &by_carol)
+        })
+        .await;
+    assert!(answer_to(&shown, refused_bob.as_str()).is_empty());
+
+    // Now only the first room, too.
+    world.bot().stop("TERM");
+    let config = std::fs::read_to_string(&world.config).expect("the config");
+    let config = config.replacen(
+        "[log]",
+        &format!("access.allow_rooms = [\"{room}\"]\n\n[log]"),
+        1,
+    );
+    std::fs::write(&world.config, config).expect("rewrite the config");
+    world.start_bot(2, &[]).await;
+    let refused_elsewhere = world.alice.say(&other, "!poe alice elsewhere").await;
+    let carol_elsewhere = carol.say(&other, "!poe carol elsewhere").await;
+    let alice_again = world.alice.say(&room, "!poe alice again").await;
+    let shown_other = world
+        .alice
+        .wait_for(&other, &world.bot_id, WAIT, |shown| {
+            answered(shown, &carol_elsewhere)
+        })
+        .await;
+    assert!(answer_to(&shown_other, refused_elsewhere.as_str()).is_empty());
+    world
+        .alice
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answered(shown, &alice_again)
+        })
+        .await;
+
+    let mut asked: Vec<String> = world
+        .contexts()
+        .iter()
+        .filter_map(|context| context.last().cloned())
+        .collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            "alice: alice again",
+            "alice: alice asks",
+            "carol: carol asks",
+            "carol: carol elsewhere",
+        ]
+    );
+    assert_eq!(world.bot().log().matches("question refused").count(), 2);
+}

@@ -415,6 +415,8 @@ struct St {
     typing: Vec<(u64, Instant)>,
     /// The guild of each channel the test used (`None`: a DM channel), learnt from dispatches.
     channel_guilds: HashMap<u64, Option<u64>>,
+    /// Threads the test made, and the channel each belongs to.
+    thread_parents: HashMap<u64, u64>,
     limits: HashMap<u64, Limit>,
     injected: HashMap<u64, VecDeque<f64>>,
     rate_limited: Vec<(u64, Instant)>,
@@ -756,6 +758,11 @@ impl FakeDiscord {
         }
         st.channel_guilds
             .insert(command.channel_id, command.guild_id);
+        // Discord sends the partial channel with every interaction (a thread's names its
+        // parent).
+        if let Some(channel) = channel_json(&st, command.channel_id) {
+            data["channel"] = channel;
+        }
         st.interactions.push(FakeInteraction {
             id,
             token,
@@ -772,6 +779,20 @@ impl FakeDiscord {
         drop(st);
         shared.bump();
         id
+    }
+
+    /// Makes `thread` a public thread of `parent` in `guild`: `GET /channels/{thread}` and the
+    /// `channel` of its interactions say so.
+    pub fn add_thread(&self, thread: u64, parent: u64, guild: u64) {
+        let mut st = self.shared.lock();
+        st.thread_parents.insert(thread, parent);
+        st.channel_guilds.insert(thread, Some(guild));
+        st.channel_guilds.entry(parent).or_insert(Some(guild));
+    }
+
+    /// The channel object Discord returns for `id` (`None`: a channel the test never used).
+    pub fn channel(&self, id: u64) -> Option<Value> {
+        channel_json(&self.shared.lock(), id)
     }
 
     /// Dispatches any event as is (for payloads the helpers do not build). Returns its
@@ -1488,6 +1509,12 @@ fn route(
                 }
                 _ => Err(unknown_message()),
             }
+        }
+        ("GET", ["channels", channel]) => {
+            let channel = snowflake(channel)?;
+            channel_json(st, channel)
+                .map(Reply::ok)
+                .ok_or_else(|| Reply::error(StatusCode::NOT_FOUND, 10003, "Unknown Channel"))
         }
         ("PATCH", ["channels", channel, "messages", message]) => {
             let (channel, message) = (snowflake(channel)?, snowflake(message)?);
@@ -2276,6 +2303,74 @@ fn user_json(user: &FakeUser) -> Value {
         "bot": user.bot,
         "public_flags": 0,
     })
+}
+
+/// Every guild text channel of the fake sits in this category, as channels usually do: its
+/// `parent_id` is the category, which is not a thread's parent.
+pub const FAKE_CATEGORY: u64 = 900;
+
+/// A channel object as `GET /channels/{id}` returns it: a public thread (type 11) with its
+/// parent, a guild text channel (type 0) in [`FAKE_CATEGORY`], or a DM (type 1).
+fn channel_json(st: &St, id: u64) -> Option<Value> {
+    let guild = st.channel_guilds.get(&id).copied()?;
+    let channel = match (guild, st.thread_parents.get(&id)) {
+        (Some(guild), Some(parent)) => json!({
+            "id": id.to_string(),
+            "type": 11,
+            "guild_id": guild.to_string(),
+            "parent_id": parent.to_string(),
+            "owner_id": "1",
+            "name": format!("thread-{id}"),
+            "last_message_id": null,
+            "message_count": 0,
+            "member_count": 1,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "total_message_sent": 0,
+            "thread_metadata": {
+                "archived": false,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": iso_timestamp(SystemTime::now()),
+                "locked": false,
+            },
+        }),
+        (Some(guild), None) => json!({
+            "id": id.to_string(),
+            "type": 0,
+            "guild_id": guild.to_string(),
+            "parent_id": FAKE_CATEGORY.to_string(),
+            "name": format!("channel-{id}"),
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": false,
+            "topic": null,
+            "last_message_id": null,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+        }),
+        (None, _) => {
+            // The person the bot talks with there: whoever wrote or ran a command in it.
+            let person = st
+                .messages
+                .values()
+                .map(|message| (message.channel_id, &message.author))
+                .chain(
+                    st.interactions
+                        .iter()
+                        .map(|interaction| (interaction.channel_id, &interaction.user)),
+                )
+                .find(|(channel, author)| *channel == id && !author.bot)
+                .map(|(_, author)| user_json(author));
+            json!({
+                "id": id.to_string(),
+                "type": 1,
+                "last_message_id": null,
+                "recipients": person.into_iter().collect::<Vec<_>>(),
+                "flags": 0,
+            })
+        }
+    };
+    Some(channel)
 }
 
 fn attachment_json(attachment: &FakeAttachment) -> Value {

@@ -10,11 +10,13 @@
 //! replays dispatches) and events from before the start; a slash command that was already
 //! acknowledged cannot be acknowledged again, so a replayed one is dropped at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::json;
-use serenity::all::{CommandInteraction, Message};
+use serenity::all::{Channel, ChannelId, CommandInteraction, Message};
 
+use super::access::{self, Access, Place, Refusal, is_thread};
 use super::admins::{Admins, Rights};
 use super::outbound::DiscordOutbound;
 use super::slash::{self, Request};
@@ -47,8 +49,22 @@ enum Work {
         text: String,
     },
     /// A slash command, already acknowledged and translated.
-    Command(Box<Inbound>),
+    Command { inbound: Box<Inbound>, asker: Asker },
 }
+
+/// Who asked where, for the access lists.
+struct Asker {
+    user: u64,
+    roles: Vec<u64>,
+    channel: u64,
+    in_server: bool,
+    /// Where they asked, when the event said in full (interactions do).
+    place: Option<Place>,
+    is_bot_admin: bool,
+}
+
+/// Channels whose parent (or lack of one) is remembered; more are forgotten.
+const REMEMBERED_CHANNELS: usize = 10_000;
 
 /// Takes the events the gateway hands over.
 pub struct Receiver {
@@ -56,6 +72,9 @@ pub struct Receiver {
     out: Arc<DiscordOutbound>,
     config: DiscordConfig,
     admins: Admins,
+    access: Access,
+    /// Each channel's parent channel (threads) or `None`, as Discord said.
+    parents: Mutex<HashMap<u64, Option<u64>>>,
     bot_id: u64,
     max_attachment_bytes: u64,
     started_ms: i64,
@@ -79,6 +98,8 @@ impl Receiver {
             manager,
             out,
             admins: Admins::from_config(&config),
+            access: Access::from_config(&config.access),
+            parents: Mutex::new(HashMap::new()),
             config,
             bot_id,
             downloads,
@@ -184,10 +205,95 @@ impl Receiver {
             event_id: id.to_string(),
             timestamp_ms: snowflake_ms(id),
         };
+        let asker = Asker {
+            user: user.id.get(),
+            roles: interaction
+                .member
+                .as_ref()
+                .map(|member| member.roles.iter().map(|role| role.get()).collect())
+                .unwrap_or_default(),
+            channel: interaction.channel_id.get(),
+            in_server: interaction.guild_id.is_some(),
+            place: access::place_of(&interaction),
+            is_bot_admin: rights.is_bot_admin,
+        };
         self.queue(
             interaction.channel_id.get(),
-            Work::Command(Box::new(inbound)),
+            Work::Command {
+                inbound: Box::new(inbound),
+                asker,
+            },
         );
+    }
+
+    /// Whether the access lists let `asker` use the bot where they asked.
+    async fn may_use(&self, asker: &Asker) -> Result<(), Refusal> {
+        let place = match asker.place {
+            Some(place) => place,
+            None if !asker.in_server => Place::Direct,
+            // Only the channel lists need to know whether this is a thread, and whose.
+            None => Place::Channel {
+                id: asker.channel,
+                parent: match self.access.has_channel_lists() {
+                    true => self.parent_of(asker.channel).await,
+                    false => None,
+                },
+            },
+        };
+        self.access
+            .decide(asker.user, &asker.roles, place, asker.is_bot_admin)
+    }
+
+    /// The channel a thread belongs to (`None` for a channel that is no thread), asked of
+    /// Discord once per channel. A failed lookup counts as no thread and is tried again later.
+    async fn parent_of(&self, channel: u64) -> Option<u64> {
+        if let Some(known) = lock(&self.parents).get(&channel) {
+            return *known;
+        }
+        let Some(id) = std::num::NonZeroU64::new(channel) else {
+            return None;
+        };
+        let out: Arc<dyn Outbound> = self.out.clone();
+        let paced = self.manager.paced(PLATFORM, out);
+        paced.draw("lookup").await;
+        let parent = match self.out.http().get_channel(ChannelId::from(id)).await {
+            Ok(Channel::Guild(found)) if is_thread(found.kind) => {
+                found.parent_id.map(|parent| parent.get())
+            }
+            Ok(_) => None,
+            Err(err) => {
+                let err = super::outbound::platform_error(err);
+                paced.report(&err, true);
+                tracing::warn!(%channel, %err, "discord: cannot look up a channel for the access lists; treating it as no thread");
+                return None;
+            }
+        };
+        let mut parents = lock(&self.parents);
+        if parents.len() >= REMEMBERED_CHANNELS {
+            parents.clear();
+        }
+        parents.insert(channel, parent);
+        parent
+    }
+
+    /// A refused slash command gets one short private note; nothing reaches Poe.
+    async fn turn_away(
+        &self,
+        channel: &ChannelKey,
+        interaction: &str,
+        user: u64,
+        refusal: Refusal,
+    ) {
+        self.count_refusal(channel, user, refusal);
+        let out: Arc<dyn Outbound> = self.out.clone();
+        self.manager
+            .tell(out, channel, interaction, refusal.note().to_owned(), true)
+            .await;
+    }
+
+    fn count_refusal(&self, channel: &ChannelKey, user: u64, refusal: Refusal) {
+        self.manager.services().metrics.refusal("not_allowed");
+        tracing::info!(%channel, user, ?refusal, reason = "not_allowed", "question refused");
     }
 
     /// serenity met Discord's global limit: every channel slows down.
@@ -238,15 +344,44 @@ impl Receiver {
 
     async fn process(&self, work: Work) {
         let (inbound, interaction) = match work {
-            Work::Command(inbound) => {
+            Work::Command { inbound, asker } => {
                 let id = inbound.event_id.parse::<u64>().ok();
+                if let Err(refusal) = self.may_use(&asker).await {
+                    self.turn_away(&inbound.channel, &inbound.event_id, asker.user, refusal)
+                        .await;
+                    return;
+                }
                 (*inbound, id)
             }
             Work::Message {
                 message,
                 invocation,
                 text,
-            } => (self.translate(&message, invocation, text).await, None),
+            } => {
+                let roles: Vec<u64> = message
+                    .member
+                    .as_ref()
+                    .map(|member| member.roles.iter().map(|role| role.get()).collect())
+                    .unwrap_or_default();
+                let asker = Asker {
+                    user: message.author.id.get(),
+                    is_bot_admin: self
+                        .admins
+                        .rights(message.author.id.get(), &roles, None)
+                        .is_bot_admin,
+                    roles,
+                    channel: message.channel_id.get(),
+                    in_server: message.guild_id.is_some(),
+                    place: None,
+                };
+                if let Err(refusal) = self.may_use(&asker).await {
+                    // A channel message cannot be answered privately: no note at all.
+                    let channel = ChannelKey::new(PLATFORM, &message.channel_id.to_string());
+                    self.count_refusal(&channel, asker.user, refusal);
+                    return;
+                }
+                (self.translate(&message, invocation, text).await, None)
+            }
         };
         let out: Arc<dyn Outbound> = self.out.clone();
         let event = inbound.event_id.clone();
@@ -363,4 +498,10 @@ mod tests {
             ((u64::MAX >> 22) + DISCORD_EPOCH_MS) as i64
         );
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

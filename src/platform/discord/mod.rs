@@ -8,6 +8,7 @@
 //!
 //! [`Inbound`]: crate::platform::Inbound
 
+pub mod access;
 pub mod admins;
 pub mod inbound;
 pub mod outbound;
@@ -24,6 +25,7 @@ use serenity::all::{
 };
 use tokio::sync::{mpsc, watch};
 
+use self::access::Access;
 use self::admins::{Admins, Rights};
 use self::inbound::Receiver;
 use self::outbound::{DiscordOutbound, platform_error};
@@ -99,6 +101,7 @@ enum GatewayEvent {
 struct Handler {
     events: mpsc::UnboundedSender<GatewayEvent>,
     admins: Admins,
+    access: Access,
     allow_dms: bool,
 }
 
@@ -161,7 +164,13 @@ impl EventHandler for Handler {
                 } else {
                     request_of(&command)
                 };
-                let private = request.is_private(rights.is_admin);
+                // Someone the access lists turn away gets their note privately.
+                let refused = access::place_of(&command).is_some_and(|place| {
+                    let user = command.user.id.get();
+                    let allowed = self.access.decide(user, &roles, place, rights.is_bot_admin);
+                    allowed.is_err()
+                });
+                let private = refused || request.is_private(rights.is_admin);
                 // Discord wants an answer within 3 s: "thinking…" now, the answer later.
                 let defer = if private {
                     json!({"type": 5, "data": {"flags": 64}})
@@ -271,6 +280,7 @@ impl Discord {
             .event_handler(Handler {
                 events: sender,
                 admins: Admins::from_config(config),
+                access: Access::from_config(&config.access),
                 allow_dms: config.allow_dms,
             })
             .await

@@ -22,14 +22,14 @@ use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
 };
 use matrix_sdk::ruma::serde::Raw;
-use matrix_sdk::ruma::{Int, OwnedRoomId, OwnedUserId, UserId};
+use matrix_sdk::ruma::{Int, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 
 use super::late_keys::LateKeys;
 use super::lock;
 use super::outbound::{MatrixOutbound, platform_error};
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
-use crate::config::MatrixConfig;
+use crate::config::{MatrixAccess, MatrixConfig};
 use crate::core::manager::{Manager, now_ms};
 use crate::core::pacing::Paced;
 use crate::lanes::{self, Lanes};
@@ -254,17 +254,24 @@ impl Receiver {
             )?,
         };
 
+        let is_bot_admin = self
+            .config
+            .admins
+            .iter()
+            .any(|admin| admin == event.sender.as_str());
+        if !is_bot_admin && !may_use(&self.config.access, room.room_id(), &event.sender) {
+            // Matrix has no private answer in a room, so a refusal would be public noise.
+            self.manager.services().metrics.refusal("not_allowed");
+            tracing::info!(room = %room.room_id(), sender = %event.sender, reason = "not_allowed", "question refused");
+            return None;
+        }
+
         let mut channel = ChannelKey::new(PLATFORM, room.room_id().as_str());
         if let Some(root) = &thread_root {
             channel = channel.in_thread(root);
         }
         let member = room.get_member(&event.sender).await.ok().flatten();
         let threshold = UserPowerLevel::Int(Int::new_saturating(self.config.admin_power_level));
-        let is_bot_admin = self
-            .config
-            .admins
-            .iter()
-            .any(|admin| admin == event.sender.as_str());
         let is_admin = is_bot_admin
             || member
                 .as_ref()
@@ -444,6 +451,13 @@ fn media_ref(msgtype: &MessageType) -> Option<MediaRef> {
         content_type: mimetype.unwrap_or_else(|| fallback_type.into()),
         declared_size: size.map(u64::from),
     })
+}
+
+/// Whether `matrix.access` lets `sender` use the bot in `room` (empty lists allow everyone).
+pub fn may_use(access: &MatrixAccess, room: &RoomId, sender: &UserId) -> bool {
+    let listed =
+        |list: &[String], id: &str| list.is_empty() || list.iter().any(|entry| entry == id);
+    listed(&access.allow_rooms, room.as_str()) && listed(&access.allow_users, sender.as_str())
 }
 
 /// Whether an invite from `inviter` is accepted: configured users and servers, and admins.
