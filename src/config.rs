@@ -84,6 +84,9 @@ pub struct ChatConfig {
     pub max_attachment_bytes: u64,
     /// Longest question accepted, in characters; longer ones get a note instead.
     pub max_question_chars: usize,
+    /// Questions one person may have waiting or being answered at once; more get a note
+    /// (0: no limit). The bot's own admins are exempt.
+    pub max_questions_per_user: usize,
 }
 
 impl Default for ChatConfig {
@@ -97,6 +100,7 @@ impl Default for ChatConfig {
             max_output_tokens: 4096,
             max_attachment_bytes: 10 * 1024 * 1024,
             max_question_chars: 16_000,
+            max_questions_per_user: 3,
         }
     }
 }

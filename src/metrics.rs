@@ -250,7 +250,8 @@ impl Metrics {
         );
     }
 
-    /// `reason` is `over_budget`, `question_too_long`, `file_too_large` or `store_error`.
+    /// `reason` is `over_budget`, `question_too_long`, `file_too_large`, `store_error`,
+    /// `not_allowed` (the access lists), `bot_loop` or `flood`.
     pub fn refusal(&self, reason: &'static str) {
         self.add(
             "poe_relay_refusals_total",

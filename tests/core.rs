@@ -13,7 +13,7 @@ use poe_relay::core::pacing::Permit;
 use poe_relay::core::render::split::{LengthUnit, split};
 use poe_relay::fake_poe::{FakePoe, Scenario};
 use poe_relay::platform::memory::{CallKind, MemoryPlatform, ShownMessage};
-use poe_relay::platform::{ChannelKey, InboundFile, Outbound, PlatformError, RateScope};
+use poe_relay::platform::{ChannelKey, InboundFile, Outbound, PlatformError, RateScope, Speaker};
 use poe_relay::poe::{FileSource, Transport};
 use poe_relay::store::LedgerState;
 use serde_json::json;
@@ -358,6 +358,8 @@ async fn fifty_concurrent_requests_by_one_user_cannot_overspend() {
     let fake = FakePoe::start(KEY).await.unwrap();
     let mut config = core_config(&fake);
     config.budget.default_points = 1000;
+    // The budget alone must hold, with flood control (which would hold most back) off.
+    config.chat.max_questions_per_user = 0;
     config.poe.models.push(ModelConfig {
         name: "echo".into(),
         transport: None,
@@ -1642,4 +1644,193 @@ async fn a_room_admin_sees_the_spending_of_their_room_and_nothing_beyond() {
         .handle(command("mine", "bob", false, "usage here"), out.clone())
         .await;
     shown_with(&setup.platform, "mine", "can see who spent what here").await;
+}
+
+/// Waits until the bot's reply to `event` in `channel_name` reads `text`.
+async fn reply_to(
+    platform: &MemoryPlatform,
+    channel_name: &str,
+    event: &str,
+    text: &str,
+) -> ShownMessage {
+    let key = channel(channel_name);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let shown = platform.messages(&key);
+        if let Some(found) = shown
+            .iter()
+            .find(|message| message.reply_to.as_deref() == Some(event) && message.text == text)
+        {
+            return found.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reply `{text}` to {event} in {channel_name}: {shown:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn replies_to(platform: &MemoryPlatform, channel_name: &str, event: &str) -> Vec<ShownMessage> {
+    platform
+        .messages(&channel(channel_name))
+        .into_iter()
+        .filter(|message| message.reply_to.as_deref() == Some(event))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_person_cannot_fill_every_reply_slot() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script(
+        "echo",
+        Scenario::Text {
+            text: "A slow answer.".into(),
+            chunk_chars: 2,
+            interval: Duration::from_millis(60),
+        },
+    );
+    let setup = core_with(core_config(&fake), quick_platform());
+    let out = out(&setup.platform);
+    // Ann asks in six channels at once; the default lets three wait or run.
+    let mut asked = Vec::new();
+    for index in 0..6 {
+        let question = message(&format!("ann{index}"), "ann", "a question");
+        asked.push((format!("ann{index}"), question.event_id.clone()));
+        let disposition = setup.manager.handle(question, out.clone()).await;
+        let expected = if index < 3 {
+            Disposition::Queued
+        } else {
+            Disposition::Held
+        };
+        assert_eq!(disposition, expected, "question {index}");
+    }
+    // Bob is not held up by her.
+    let bob = message("bob", "bob", "mine?");
+    let bob_event = bob.event_id.clone();
+    assert_eq!(
+        setup.manager.handle(bob, out.clone()).await,
+        Disposition::Queued
+    );
+    for (channel_name, event) in &asked[..3] {
+        reply_to(&setup.platform, channel_name, event, "A slow answer.").await;
+    }
+    reply_to(&setup.platform, "bob", &bob_event, "A slow answer.").await;
+    // The first question over the limit got one note; the rest nothing.
+    let (fourth_channel, fourth) = &asked[3];
+    let note = reply_to(
+        &setup.platform,
+        fourth_channel,
+        fourth,
+        "You have 3 questions waiting for an answer already. Ask again once one is answered.",
+    )
+    .await;
+    assert!(
+        note.private,
+        "the note is for her only where the platform can"
+    );
+    for (channel_name, event) in &asked[4..] {
+        assert!(replies_to(&setup.platform, channel_name, event).is_empty());
+    }
+    settled(&setup).await;
+    // Only the taken questions reached Poe or were charged.
+    assert_eq!(fake.chat_requests("echo").len(), 4);
+    assert_eq!(setup.store.ledger_since(0).unwrap().len(), 4);
+    // Answered, she may ask again.
+    let again = message("ann0", "ann", "and now?");
+    let again_event = again.event_id.clone();
+    setup.manager.handle(again, out.clone()).await;
+    reply_to(&setup.platform, "ann0", &again_event, "A slow answer.").await;
+    // The bot's own admins are not limited.
+    for index in 0..5 {
+        let mut question = message(&format!("root{index}"), "root", "admin question");
+        question.is_bot_admin = true;
+        assert_eq!(
+            setup.manager.handle(question, out.clone()).await,
+            Disposition::Queued
+        );
+    }
+}
+
+/// Sends `speaker`'s question in `channel_name`, waits for what the bot does with it, and
+/// returns the bot's replies to it.
+async fn ask_and_wait(
+    setup: &CoreSetup,
+    channel_name: &str,
+    sender: &str,
+    speaker: Speaker,
+) -> (Disposition, Vec<ShownMessage>) {
+    let mut question = message(channel_name, sender, "what do you say to that?");
+    question.speaker = speaker;
+    let event = question.event_id.clone();
+    let disposition = setup.manager.handle(question, out(&setup.platform)).await;
+    if disposition == Disposition::Queued {
+        reply_to(&setup.platform, channel_name, &event, "Well, I say this.").await;
+        settled(setup).await;
+    }
+    (
+        disposition,
+        replies_to(&setup.platform, channel_name, &event),
+    )
+}
+
+#[tokio::test]
+async fn bots_answering_each_other_are_paused_with_one_notice_until_a_person_writes() {
+    let fake = FakePoe::start(KEY).await.unwrap();
+    fake.script("echo", Scenario::text("Well, I say this."));
+    let setup = core_with(core_config(&fake), quick_platform());
+    const NOTICE: &str = "This looks like bots answering each other";
+    // Discord says the other side is a bot.
+    for turn in 0..3 {
+        let (disposition, _) = ask_and_wait(&setup, "discord", "bot-b", Speaker::Bot).await;
+        assert_eq!(disposition, Disposition::Queued, "turn {turn}");
+    }
+    let (disposition, notice) = ask_and_wait(&setup, "discord", "bot-b", Speaker::Bot).await;
+    assert_eq!(disposition, Disposition::Held);
+    assert_eq!(notice.len(), 1);
+    assert!(notice[0].text.starts_with(NOTICE), "{}", notice[0].text);
+    for _ in 0..3 {
+        let (disposition, replies) = ask_and_wait(&setup, "discord", "bot-b", Speaker::Bot).await;
+        assert_eq!(disposition, Disposition::Held);
+        assert!(replies.is_empty(), "{replies:?}");
+    }
+    // A person writes (to anyone): the bots may talk again, a few turns.
+    setup
+        .manager
+        .observe(&channel("discord"), "ann", Speaker::Person);
+    let (disposition, _) = ask_and_wait(&setup, "discord", "bot-b", Speaker::Bot).await;
+    assert_eq!(disposition, Disposition::Queued);
+
+    // Matrix cannot tell: another bot replying to every answer at once is judged by speed.
+    let mut dispositions = Vec::new();
+    for _ in 0..7 {
+        let (disposition, _) = ask_and_wait(&setup, "matrix", "@bot-b:hs", Speaker::Unknown).await;
+        dispositions.push(disposition);
+    }
+    use Disposition::{Held, Queued};
+    assert_eq!(
+        dispositions,
+        [Queued, Queued, Queued, Queued, Held, Held, Held]
+    );
+    let notices = setup
+        .platform
+        .messages(&channel("matrix"))
+        .into_iter()
+        .filter(|message| message.text.starts_with(NOTICE))
+        .count();
+    assert_eq!(notices, 1);
+    // Someone else in the room speaks up.
+    setup
+        .manager
+        .observe(&channel("matrix"), "@ann:hs", Speaker::Unknown);
+    let (disposition, _) = ask_and_wait(&setup, "matrix", "@bot-b:hs", Speaker::Unknown).await;
+    assert_eq!(disposition, Disposition::Queued);
+
+    // A person asking again and again is never paused.
+    for _ in 0..6 {
+        let (disposition, _) = ask_and_wait(&setup, "people", "ann", Speaker::Person).await;
+        assert_eq!(disposition, Disposition::Queued);
+    }
+    // Nothing held back reached Poe: 3 + 1 + 4 + 1 + 6 questions.
+    assert_eq!(fake.chat_requests("echo").len(), 15);
 }

@@ -1253,3 +1253,42 @@ async fn the_access_lists_decide_who_is_answered_where() {
     assert_eq!(world.bot.log().matches("question refused").count(), 8);
     world.assert_clean();
 }
+
+/// With `ignore_bots = false`, another bot that mentions this one after every answer gets
+/// three answers, then one notice, then nothing, until a person writes in the channel.
+#[tokio::test]
+async fn bots_answering_each_other_are_paused_until_a_person_writes() {
+    let mut world = World::start_with("ignore_bots = false", &[]).await;
+    world.poe.script("echo", Scenario::text("Indeed."));
+    let mut other = FakeUser::new(810_000_000_000_000_050, "otherbot");
+    other.bot = true;
+    for _ in 0..3 {
+        let asked = world.mention(CHANNEL, other.clone(), "and what do you think?");
+        world.wait_answer(CHANNEL, asked, "Indeed.").await;
+    }
+    let paused = world.mention(CHANNEL, other.clone(), "and what do you think?");
+    let notice = world
+        .discord
+        .wait_for_within(WAIT, "the pause notice", |fake| {
+            answer_in(fake, CHANNEL, paused).first().cloned()
+        })
+        .await;
+    assert!(
+        notice
+            .content
+            .starts_with("This looks like bots answering each other"),
+        "{}",
+        notice.content
+    );
+    let ignored = world.mention(CHANNEL, other.clone(), "still there?");
+    world.bot.wait_for_log("question refused", 2, WAIT).await;
+    // A person says something, to no one in particular.
+    world.discord.dispatch_message(
+        IncomingMessage::new(CHANNEL, alice(), "all right, you two").in_guild(GUILD),
+    );
+    let resumed = world.mention(CHANNEL, other.clone(), "back again");
+    world.wait_answer(CHANNEL, resumed, "Indeed.").await;
+    assert!(answer_in(&world.discord, CHANNEL, ignored).is_empty());
+    assert_eq!(world.contexts().len(), 4, "{:#?}", world.contexts());
+    world.assert_clean();
+}

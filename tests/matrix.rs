@@ -1425,3 +1425,54 @@ async fn the_access_lists_decide_who_is_answered_where() {
     );
     assert_eq!(world.bot().log().matches("question refused").count(), 2);
 }
+
+/// In a room with only the bot and another bot, every message asks. The other bot replying
+/// at once to every answer gets four answers (the first looks like a person), one notice,
+/// then nothing; asking at a person's pace again is answered.
+#[tokio::test]
+async fn a_bot_that_answers_every_answer_is_paused_with_one_notice() {
+    let world = World::start(SynapseOptions::default(), "").await;
+    world.fake.script("echo", Scenario::text("Indeed."));
+    let other = world.human("otherbot").await;
+    let room = other.create_room(false, &[&world.bot_id]).await;
+    let room = room.room_id().to_owned();
+    other.wait_joined(&room, &world.bot_id).await;
+    const NOTICE: &str = "This looks like bots answering each other";
+    let mut asked = Vec::new();
+    for turn in 0..5 {
+        let question = other.say(&room, &format!("what next? ({turn})")).await;
+        // Replies the moment the answer is complete, as a bot does.
+        other
+            .wait_for(&room, &world.bot_id, WAIT, |shown| {
+                answer_to(shown, question.as_str())
+                    .first()
+                    .is_some_and(|reply| reply.text == "Indeed." || reply.text.starts_with(NOTICE))
+            })
+            .await;
+        asked.push(question);
+    }
+    let ignored = other.say(&room, "what next? (5)").await;
+    let shown = other.shown(&room, &world.bot_id);
+    for question in &asked[..4] {
+        assert_eq!(answer_to(&shown, question.as_str())[0].text, "Indeed.");
+    }
+    let notice = answer_to(&shown, asked[4].as_str());
+    assert!(notice[0].text.starts_with(NOTICE), "{}", notice[0].text);
+    // After a person's pause, the question is answered, and the ignored one never was.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let slow = other.say(&room, "sorry, I was away: what next?").await;
+    let shown = other
+        .wait_for(&room, &world.bot_id, WAIT, |shown| {
+            answer_to(shown, slow.as_str())
+                .first()
+                .is_some_and(|reply| reply.text == "Indeed.")
+        })
+        .await;
+    assert!(answer_to(&shown, ignored.as_str()).is_empty());
+    assert_eq!(world.contexts().len(), 5, "{:#?}", world.contexts());
+    let notices = shown
+        .iter()
+        .filter(|message| message.text.starts_with(NOTICE))
+        .count();
+    assert_eq!(notices, 1);
+}

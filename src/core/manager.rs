@@ -19,6 +19,8 @@ use super::budget::{BudgetError, Budgets, Spender};
 use super::catalog::Catalog;
 use super::commands::{self, Command};
 use super::cost::Price;
+use super::flood::{FloodControl, Flooded};
+use super::loops::{LoopGuard, PAUSED_NOTICE, Verdict};
 use super::pacing::{Paced, Pacing, Priority};
 use super::queued::{PostedNote, QueuedQuestion};
 use super::reconcile;
@@ -29,6 +31,7 @@ use crate::lanes::{self, Lanes};
 use crate::metrics::Metrics;
 use crate::platform::{
     ChannelKey, Inbound, Invocation, MessageId, OutFile, OutMessage, Outbound, PlatformError,
+    Speaker,
 };
 use crate::poe::{ChatMessage, ChatRequest, InputFile, PoeClient, PoeError, PoeEvent, Role, Usage};
 use crate::store::{ChannelSettings, InflightReply, Store, Turn, TurnRole};
@@ -90,6 +93,8 @@ pub enum Disposition {
     TooOld,
     /// The daemon is stopping and takes no new work.
     ShuttingDown,
+    /// Kept from Poe: bots answering each other, or one person's flood of questions.
+    Held,
 }
 
 /// What a graceful stop did.
@@ -137,6 +142,9 @@ struct Job {
     inbound: Inbound,
     out: Paced,
     admitted: Admitted,
+    /// A question's place with the loop guard and flood control (commands have none), held
+    /// for its `Drop`.
+    _asked: Option<Asked>,
     /// A question's wait, spoken up for while it lasts (commands have none).
     waiting: Option<Arc<QueuedQuestion>>,
 }
@@ -156,6 +164,27 @@ impl Admitted {
             busy.running += 1;
         });
         self.slot = Slot::Running;
+    }
+}
+
+/// A question in the bot's hands, given back to the loop guard and flood control when its
+/// job is dropped, however it ended.
+struct Asked {
+    manager: Manager,
+    channel: ChannelKey,
+    /// Whom flood control counted it for (the bot's admins are not counted).
+    person: Option<String>,
+}
+
+impl Drop for Asked {
+    fn drop(&mut self) {
+        let inner = &self.manager.inner;
+        inner
+            .loops
+            .answer_ended(&self.channel, std::time::Instant::now());
+        if let Some(person) = &self.person {
+            inner.flood.release(person);
+        }
     }
 }
 
@@ -186,6 +215,8 @@ struct Inner {
     /// Set at the stop's deadline: running replies end now.
     interrupt: watch::Sender<bool>,
     busy: watch::Sender<Busy>,
+    loops: LoopGuard,
+    flood: FloodControl,
     /// When retention last ran (0: not yet).
     last_retention_ms: AtomicI64,
 }
@@ -200,6 +231,7 @@ impl Manager {
     pub fn new(services: Services) -> Manager {
         let permits = Arc::new(Semaphore::new(services.config.chat.max_concurrent_replies));
         let pacing = Pacing::new(services.metrics.clone());
+        let flood = FloodControl::new(services.config.chat.max_questions_per_user);
         Manager {
             inner: Arc::new(Inner {
                 services,
@@ -209,6 +241,8 @@ impl Manager {
                 permits,
                 interrupt: watch::channel(false).0,
                 busy: watch::channel(Busy::default()).0,
+                loops: LoopGuard::default(),
+                flood,
                 last_retention_ms: AtomicI64::new(0),
             }),
         }
@@ -345,11 +379,78 @@ impl Manager {
                     .await;
                 Disposition::Answered
             }
-            Invocation::Message => self.enqueue(inbound, out),
+            Invocation::Message => match self.hold_back(&inbound, &out).await {
+                Ok(person) => {
+                    let asked = Asked {
+                        manager: self.clone(),
+                        channel: inbound.channel.clone(),
+                        person,
+                    };
+                    self.inner.loops.answer_started(&inbound.channel);
+                    self.enqueue_question(inbound, out, Some(asked))
+                }
+                Err(disposition) => disposition,
+            },
+        }
+    }
+
+    /// A message in a channel the bot is in that is not for the bot: a person writing there
+    /// ends a pause of the loop guard.
+    pub fn observe(&self, channel: &ChannelKey, sender: &str, speaker: Speaker) {
+        self.inner
+            .loops
+            .observed(channel, sender, speaker, std::time::Instant::now());
+    }
+
+    /// Keeps a question from Poe when bots are answering each other or its asker already
+    /// has `chat.max_questions_per_user` in the bot's hands. Otherwise returns whom flood
+    /// control counted it for.
+    async fn hold_back(
+        &self,
+        inbound: &Inbound,
+        out: &Paced,
+    ) -> Result<Option<String>, Disposition> {
+        let now = std::time::Instant::now();
+        let loops = &self.inner.loops;
+        match loops.question(&inbound.channel, &inbound.user_id, inbound.speaker, now) {
+            Verdict::Answer => {}
+            Verdict::Pause => {
+                self.refuse(out, inbound, None, "bot_loop", PAUSED_NOTICE.into())
+                    .await;
+                return Err(Disposition::Held);
+            }
+            Verdict::Ignore => {
+                self.count_refusal(inbound, "bot_loop");
+                return Err(Disposition::Held);
+            }
+        }
+        if inbound.is_bot_admin {
+            return Ok(None);
+        }
+        let person = format!("{}:{}", inbound.channel.platform, inbound.user_id);
+        match self.inner.flood.take(&person) {
+            Ok(()) => Ok(Some(person)),
+            Err(Flooded::Tell) => {
+                let limit = self.inner.flood.limit();
+                let text = format!(
+                    "You have {limit} questions waiting for an answer already. Ask again once one is answered."
+                );
+                self.count_refusal(inbound, "flood");
+                self.post(out, inbound, None, text, true).await;
+                Err(Disposition::Held)
+            }
+            Err(Flooded::Quiet) => {
+                self.count_refusal(inbound, "flood");
+                Err(Disposition::Held)
+            }
         }
     }
 
     fn enqueue(&self, inbound: Inbound, out: Paced) -> Disposition {
+        self.enqueue_question(inbound, out, None)
+    }
+
+    fn enqueue_question(&self, inbound: Inbound, out: Paced, asked: Option<Asked>) -> Disposition {
         let Some(admitted) = self.admit(Slot::Queued) else {
             return Disposition::ShuttingDown;
         };
@@ -376,6 +477,7 @@ impl Manager {
             inbound,
             out,
             admitted,
+            _asked: asked,
             waiting,
         });
         self.inner
@@ -589,6 +691,11 @@ impl Manager {
         reason: &'static str,
         text: String,
     ) {
+        self.count_refusal(inbound, reason);
+        self.post(out, inbound, note, text, false).await;
+    }
+
+    fn count_refusal(&self, inbound: &Inbound, reason: &'static str) {
         self.inner.services.metrics.refusal(reason);
         tracing::info!(
             channel = %inbound.channel,
@@ -596,7 +703,6 @@ impl Manager {
             reason,
             "question refused"
         );
-        self.post(out, inbound, note, text, false).await;
     }
 
     /// One conversation turn.

@@ -6,6 +6,8 @@ pub mod budget;
 pub mod catalog;
 pub mod commands;
 pub mod cost;
+pub mod flood;
+pub mod loops;
 pub mod manager;
 pub mod pacing;
 pub mod period;

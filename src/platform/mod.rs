@@ -71,12 +71,25 @@ pub enum Invocation {
     Command,
 }
 
+/// Who wrote a message, as far as the platform tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    /// The platform says a person wrote it (Discord: not a bot account).
+    Person,
+    /// The platform says a program wrote it (Discord's bot flag, a webhook; on Matrix a
+    /// message still being streamed, which only bots send).
+    Bot,
+    /// The platform cannot tell (Matrix): the loop guard judges by the speed of the replies.
+    Unknown,
+}
+
 /// One event from a platform, already translated.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     pub channel: ChannelKey,
     pub user_id: String,
     pub user_name: String,
+    pub speaker: Speaker,
     /// May run this room's admin commands (change the channel's model and prompt, see what
     /// was spent here): configured ids, roles, room power levels or server permissions.
     pub is_admin: bool,

@@ -178,6 +178,7 @@ pub fn message(channel: &str, user: &str, text: &str) -> poe_relay::platform::In
         channel: poe_relay::platform::ChannelKey::new("memory", channel),
         user_id: user.to_owned(),
         user_name: user.to_owned(),
+        speaker: poe_relay::platform::Speaker::Person,
         is_admin: false,
         is_bot_admin: false,
         is_group: false,

@@ -244,6 +244,7 @@ pub async fn run(options: Options) -> Result<()> {
             channel: ChannelKey::new("memory", &format!("c{index}")),
             user_id: format!("u{index}"),
             user_name: format!("user {index}"),
+            speaker: poe_relay::platform::Speaker::Person,
             is_admin: false,
             is_bot_admin: false,
             is_group: false,

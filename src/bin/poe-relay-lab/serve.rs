@@ -133,6 +133,7 @@ pub async fn serve(
             channel: ChannelKey::new("memory", &input.channel),
             user_id: input.user.clone(),
             user_name: input.user,
+            speaker: poe_relay::platform::Speaker::Person,
             is_admin: false,
             is_bot_admin: false,
             is_group: false,

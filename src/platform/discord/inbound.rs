@@ -25,7 +25,8 @@ use crate::config::DiscordConfig;
 use crate::core::manager::{Disposition, Manager};
 use crate::lanes::{self, Lanes};
 use crate::platform::{
-    ChannelKey, Inbound, InboundFile, Invocation, Outbound, PlatformError, RateScope, download,
+    ChannelKey, Inbound, InboundFile, Invocation, Outbound, PlatformError, RateScope, Speaker,
+    download,
 };
 use crate::poe::FileSource;
 
@@ -146,6 +147,10 @@ impl Receiver {
             &addressing,
             has_files,
         ) else {
+            // Not for the bot, but the loop guard hears of people talking here.
+            let channel = ChannelKey::new(PLATFORM, &message.channel_id.to_string());
+            self.manager
+                .observe(&channel, &author.id.to_string(), speaker_of(&message));
             return;
         };
         let channel = message.channel_id.get();
@@ -196,6 +201,10 @@ impl Receiver {
             channel: ChannelKey::new(PLATFORM, &interaction.channel_id.to_string()),
             user_id: user.id.to_string(),
             user_name: nick.unwrap_or_else(|| display_name(user)),
+            speaker: match user.bot {
+                true => Speaker::Bot,
+                false => Speaker::Person,
+            },
             is_admin: rights.is_admin,
             is_bot_admin: rights.is_bot_admin,
             is_group: interaction.guild_id.is_some(),
@@ -430,6 +439,7 @@ impl Receiver {
             channel: ChannelKey::new(PLATFORM, &message.channel_id.to_string()),
             user_id: author.id.to_string(),
             user_name: name,
+            speaker: speaker_of(message),
             is_admin: rights.is_admin,
             is_bot_admin: rights.is_bot_admin,
             is_group: message.guild_id.is_some(),
@@ -497,6 +507,14 @@ mod tests {
             snowflake_ms(u64::MAX),
             ((u64::MAX >> 22) + DISCORD_EPOCH_MS) as i64
         );
+    }
+}
+
+/// Discord says who wrote a message: a bot account, or a webhook (which bots use too).
+fn speaker_of(message: &Message) -> Speaker {
+    match message.author.bot || message.webhook_id.is_some() {
+        true => Speaker::Bot,
+        false => Speaker::Person,
     }
 }
 

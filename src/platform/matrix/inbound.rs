@@ -33,7 +33,7 @@ use crate::config::{MatrixAccess, MatrixConfig};
 use crate::core::manager::{Manager, now_ms};
 use crate::core::pacing::Paced;
 use crate::lanes::{self, Lanes};
-use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, Outbound};
+use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, Outbound, Speaker};
 use crate::poe::FileSource;
 
 /// The platform name in channel keys and ledger entries.
@@ -51,7 +51,7 @@ pub struct Receiver {
     user_id: OwnedUserId,
     max_attachment_bytes: u64,
     started_ms: i64,
-    rooms: Lanes<OwnedRoomId, OriginalSyncRoomMessageEvent>,
+    rooms: Lanes<OwnedRoomId, (OriginalSyncRoomMessageEvent, Speaker)>,
     /// Rooms joined while running, with the time of joining: what was said there before the
     /// bot came in is not for it, even if it arrives with the join.
     joined_at: Mutex<HashMap<OwnedRoomId, i64>>,
@@ -142,7 +142,8 @@ impl Receiver {
             match raw.deserialize_as_unchecked::<OriginalSyncRoomMessageEvent>() {
                 Ok(message) => {
                     tracing::info!(room = %held.room.room_id(), event = %message.event_id, "matrix: decrypted a message once its key arrived");
-                    self.accept(message, held.room);
+                    let speaker = speaker_of(raw.json().get());
+                    self.accept(message, held.room, speaker);
                 }
                 Err(err) => {
                     tracing::debug!(%err, "matrix: ignoring a malformed message that was decrypted late");
@@ -152,7 +153,12 @@ impl Receiver {
     }
 
     /// Called by the sync loop for every room message; returns at once.
-    pub fn accept(self: &Arc<Self>, event: OriginalSyncRoomMessageEvent, room: Room) {
+    pub fn accept(
+        self: &Arc<Self>,
+        event: OriginalSyncRoomMessageEvent,
+        room: Room,
+        speaker: Speaker,
+    ) {
         if room.state() != RoomState::Joined
             || event.sender == self.user_id
             || self
@@ -171,17 +177,20 @@ impl Receiver {
         }
         let receiver = self.clone();
         let worker_room = room.clone();
-        self.rooms
-            .push(room.room_id().to_owned(), event, move |event| {
+        self.rooms.push(
+            room.room_id().to_owned(),
+            (event, speaker),
+            move |(event, speaker)| {
                 let receiver = receiver.clone();
                 let room = worker_room.clone();
-                async move { receiver.process(event, &room).await }
-            });
+                async move { receiver.process(event, speaker, &room).await }
+            },
+        );
     }
 
-    async fn process(&self, event: OriginalSyncRoomMessageEvent, room: &Room) {
+    async fn process(&self, event: OriginalSyncRoomMessageEvent, speaker: Speaker, room: &Room) {
         let event_id = event.event_id.to_string();
-        let Some(inbound) = self.translate(event, room).await else {
+        let Some(inbound) = self.translate(event, speaker, room).await else {
             return;
         };
         let disposition = self
@@ -191,7 +200,12 @@ impl Receiver {
         tracing::debug!(event = %event_id, ?disposition, "matrix event handled");
     }
 
-    async fn translate(&self, event: OriginalSyncRoomMessageEvent, room: &Room) -> Option<Inbound> {
+    async fn translate(
+        &self,
+        event: OriginalSyncRoomMessageEvent,
+        speaker: Speaker,
+        room: &Room,
+    ) -> Option<Inbound> {
         let content = event.content;
         let (body, own_file) = match &content.msgtype {
             MessageType::Text(text) => (text.body.clone(), None),
@@ -242,16 +256,25 @@ impl Receiver {
         } else {
             room.active_members_count()
         };
-        let (invocation, text) = match addressed {
-            Some(found) => found,
-            None => classify(
+        let addressed = addressed.or_else(|| {
+            classify(
                 &body,
                 &self.names,
                 Addressing {
                     mentions_bot,
                     is_direct: members <= 2,
                 },
-            )?,
+            )
+        });
+        let mut channel = ChannelKey::new(PLATFORM, room.room_id().as_str());
+        if let Some(root) = &thread_root {
+            channel = channel.in_thread(root);
+        }
+        let Some((invocation, text)) = addressed else {
+            // Not for the bot, but the loop guard hears of people talking here.
+            self.manager
+                .observe(&channel, event.sender.as_str(), speaker);
+            return None;
         };
 
         let is_bot_admin = self
@@ -266,10 +289,6 @@ impl Receiver {
             return None;
         }
 
-        let mut channel = ChannelKey::new(PLATFORM, room.room_id().as_str());
-        if let Some(root) = &thread_root {
-            channel = channel.in_thread(root);
-        }
         let member = room.get_member(&event.sender).await.ok().flatten();
         let threshold = UserPowerLevel::Int(Int::new_saturating(self.config.admin_power_level));
         let is_admin = is_bot_admin
@@ -284,6 +303,7 @@ impl Receiver {
             channel,
             user_id: event.sender.to_string(),
             user_name,
+            speaker,
             is_admin,
             is_bot_admin,
             is_group: members > 2,
@@ -453,6 +473,26 @@ fn media_ref(msgtype: &MessageType) -> Option<MediaRef> {
     })
 }
 
+/// Who wrote a room message, from its raw JSON: a message still being streamed (MSC4357's
+/// live marker) comes from a bot; anything else Matrix cannot tell.
+pub fn speaker_of(raw_event: &str) -> Speaker {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        content: Content,
+    }
+    #[derive(serde::Deserialize)]
+    struct Content {
+        #[serde(rename = "org.matrix.msc4357.live")]
+        live: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_str::<Event>(raw_event) {
+        Ok(Event {
+            content: Content { live: Some(_) },
+        }) => Speaker::Bot,
+        _ => Speaker::Unknown,
+    }
+}
+
 /// Whether `matrix.access` lets `sender` use the bot in `room` (empty lists allow everyone).
 pub fn may_use(access: &MatrixAccess, room: &RoomId, sender: &UserId) -> bool {
     let listed =
@@ -531,6 +571,28 @@ impl Receiver {
                 Ok(invite) => self.answer_invite(room, &invite.inviter_id).await,
                 Err(err) => tracing::warn!(room = %room.room_id(), %err, "cannot read an invite"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_still_being_streamed_is_from_a_bot() {
+        let live = r#"{"type":"m.room.message","sender":"@b:hs","content":{"msgtype":"m.text","body":"Hel","org.matrix.msc4357.live":{}}}"#;
+        assert_eq!(speaker_of(live), Speaker::Bot);
+        let plain = r#"{"type":"m.room.message","content":{"msgtype":"m.text","body":"Hello"}}"#;
+        assert_eq!(speaker_of(plain), Speaker::Unknown);
+        for garbage in [
+            "",
+            "null",
+            "{\"content\":5}",
+            "[1,2]",
+            "{\"content\":{\"org.matrix.msc4357.live\":null}}",
+        ] {
+            assert_eq!(speaker_of(garbage), Speaker::Unknown, "{garbage}");
         }
     }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::event_handler::RawEvent;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
@@ -147,8 +148,9 @@ impl Matrix {
 
         client.add_event_handler({
             let receiver = receiver.clone();
-            move |event: OriginalSyncRoomMessageEvent, room: Room| {
-                receiver.accept(event, room);
+            move |event: OriginalSyncRoomMessageEvent, room: Room, raw: RawEvent| {
+                let speaker = inbound::speaker_of(raw.0.get());
+                receiver.accept(event, room, speaker);
                 async {}
             }
         });
