@@ -1115,6 +1115,11 @@ async fn five_rooms_stream_at_once_under_synapses_default_limits() {
             default_rate_limits: true,
         },
         bot_through_proxy: true,
+        // Alice asks in all five rooms at once, more than one person may have waiting.
+        env: vec![(
+            "POE_RELAY__CHAT__MAX_QUESTIONS_PER_USER".into(),
+            "5".into(),
+        )],
         ..Setup::default()
     })
     .await;
