@@ -16,7 +16,7 @@ use crate::poe::Transport;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of settings")]
 pub struct Config {
     #[serde(default)]
     pub poe: PoeConfig,
@@ -38,7 +38,7 @@ pub struct Config {
 
 /// How the daemon runs as a service: stopping, and the operator's HTTP endpoint.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct ServiceConfig {
     /// On SIGTERM, replies in flight get this long to finish before they are interrupted.
     pub shutdown_grace_secs: u64,
@@ -66,7 +66,7 @@ impl ServiceConfig {
 
 /// How conversations behave.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct ChatConfig {
     /// The model of a channel that has not chosen one.
     pub default_model: String,
@@ -113,7 +113,7 @@ const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// Point budgets per user.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct BudgetConfig {
     /// "day", "week" (from Monday) or "month", in UTC.
     pub period: BudgetPeriod,
@@ -176,7 +176,7 @@ impl TryFrom<String> for BudgetPeriod {
 
 /// Where the store lives.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct StoreConfig {
     pub path: std::path::PathBuf,
 }
@@ -191,7 +191,7 @@ impl Default for StoreConfig {
 
 /// The Matrix account the bot uses and who may do what.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct MatrixConfig {
     pub enabled: bool,
     /// The homeserver's client API base URL.
@@ -226,7 +226,7 @@ pub struct MatrixConfig {
 /// Where and by whom the bot may be used on Matrix. Empty lists allow everyone; the bot's
 /// configured admins are always allowed.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct MatrixAccess {
     /// Room ids (`!abc…`) where the bot answers; other rooms it may be in get no answer.
     pub allow_rooms: Vec<String>,
@@ -237,7 +237,7 @@ pub struct MatrixAccess {
 /// Where and by whom the bot may be used on Discord. Empty allow lists allow everyone; a block
 /// list wins over an allow list; the bot's configured admins are always allowed.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct DiscordAccess {
     /// Server channels where the bot answers (a thread follows its parent channel). DMs follow
     /// `discord.allow_dms`.
@@ -285,7 +285,7 @@ impl Default for MatrixConfig {
 
 /// The Discord bot: where `/poe` is registered and who may do what.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct DiscordConfig {
     pub enabled: bool,
     /// Guild (server) ids where `/poe` is registered; it shows up there at once. Empty:
@@ -330,7 +330,7 @@ impl Default for DiscordConfig {
 
 /// How to reach Poe and how hard to try.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct PoeConfig {
     pub base_url: String,
     pub upload_url: String,
@@ -406,7 +406,10 @@ impl PoeConfig {
 
 /// Per-model settings: which transport to use and custom parameters sent with every request.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a model's settings (a table with `name`)"
+)]
 pub struct ModelConfig {
     pub name: String,
     #[serde(default)]
@@ -420,7 +423,7 @@ pub struct ModelConfig {
 
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A `RUST_LOG`-style filter; the `RUST_LOG` variable, when set, wins.
@@ -849,11 +852,17 @@ fn describe_config_error(err: config::ConfigError, file: Option<&Path>) -> Strin
         .map(|path| format!(" (in {})", path.display()))
         .unwrap_or_default();
     let text = err.to_string();
-    // The crate writes `models[0]transport`; the TOML key is `models[0].transport`.
-    let text = text
-        .replace("]", "].")
-        .replace("].`", "]`")
-        .replace("]..", "].");
+    // The crate writes `models[0]transport`; the TOML key is `models[0].transport`. Only a
+    // `]` with a key right after it is such a join, not one inside a quoted value.
+    let mut joined = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        joined.push(c);
+        if c == ']' && chars.peek().is_some_and(|next| next.is_ascii_alphabetic()) {
+            joined.push('.');
+        }
+    }
+    let text = joined;
     if let Some(rest) = text.strip_prefix("unknown field `")
         && let Some((field, rest)) = rest.split_once('`')
     {
@@ -950,6 +959,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("must be at most 36500"), "{err}");
+    }
+
+    #[test]
+    fn access_lists_with_a_wrong_id_are_refused_rather_than_left_open() {
+        // A typo must not empty an allow list (which would let everyone in).
+        let toml = "[discord.access]\nallow_channels = [\"#general\"]\nblock_users = [\"12 34\"]\n\
+                    [matrix.access]\nallow_rooms = [\"general\"]\nallow_users = [\"ann\"]\n";
+        let err = load_str(toml, &[]).unwrap_err().to_string();
+        for key in [
+            "discord.access.allow_channels[0]",
+            "discord.access.block_users[0]",
+            "matrix.access.allow_rooms[0]",
+            "matrix.access.allow_users[0]",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        let fine = "[discord.access]\nallow_channels = [\"80351110224678912\"]\n\
+                    [matrix.access]\nallow_rooms = [\"!abc:example.org\"]\nallow_users = [\"@ann:example.org\"]\n";
+        let config = load_str(fine, &[]).unwrap();
+        assert_eq!(config.discord.access.allow_channels, ["80351110224678912"]);
+        assert_eq!(config.matrix.access.allow_users, ["@ann:example.org"]);
     }
 
     #[test]

@@ -1116,10 +1116,7 @@ async fn five_rooms_stream_at_once_under_synapses_default_limits() {
         },
         bot_through_proxy: true,
         // Alice asks in all five rooms at once, more than one person may have waiting.
-        env: vec![(
-            "POE_RELAY__CHAT__MAX_QUESTIONS_PER_USER".into(),
-            "5".into(),
-        )],
+        env: vec![("POE_RELAY__CHAT__MAX_QUESTIONS_PER_USER".into(), "5".into())],
         ..Setup::default()
     })
     .await;

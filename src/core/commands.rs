@@ -581,3 +581,6 @@ mod tests {
         assert!(is_subcommand("Model") && !is_subcommand("what"));
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fuzz;

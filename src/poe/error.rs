@@ -37,6 +37,14 @@ impl fmt::Display for TimeoutPhase {
     }
 }
 
+/// " (it asks to wait N s)", when Poe said how long.
+fn retry_words(retry_after: &Option<Duration>) -> String {
+    match retry_after {
+        Some(wait) => format!(" (it asks to wait {} s)", wait.as_secs().max(1)),
+        None => String::new(),
+    }
+}
+
 /// Everything that can go wrong talking to Poe.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PoeError {
@@ -44,7 +52,7 @@ pub enum PoeError {
     InvalidKey { status: u16 },
     #[error("the Poe account is out of points")]
     OutOfPoints,
-    #[error("Poe is rate limiting this key (retry after {retry_after:?})")]
+    #[error("Poe is rate limiting this key{}", retry_words(.retry_after))]
     RateLimited { retry_after: Option<Duration> },
     #[error("Poe rejected the request: {detail}")]
     BadRequest { detail: String },

@@ -7,11 +7,13 @@ use serde_json::Value;
 use super::lenient;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a model list (an object with `data`)")]
 pub struct ModelList {
     pub data: Vec<ModelInfo>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a model (an object with `id`)")]
 pub struct ModelInfo {
     pub id: String,
     /// Milliseconds since the epoch.
@@ -32,6 +34,7 @@ pub struct ModelInfo {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "an object of input and output modalities")]
 pub struct Architecture {
     #[serde(default)]
     pub input_modalities: Option<Vec<String>>,
@@ -41,6 +44,7 @@ pub struct Architecture {
 
 /// USD per token (`prompt`, `completion`), per image, or per request.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "an object of prices")]
 pub struct Pricing {
     #[serde(default, deserialize_with = "lenient::decimal")]
     pub prompt: Option<f64>,
@@ -53,6 +57,7 @@ pub struct Pricing {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "an object of context limits")]
 pub struct ContextWindow {
     #[serde(default, deserialize_with = "lenient::int")]
     pub context_length: Option<i64>,
@@ -62,6 +67,7 @@ pub struct ContextWindow {
 
 /// A custom parameter a model accepts (`thinking_budget`, `aspect_ratio`, …).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a parameter (an object with `name`)")]
 pub struct ParameterSpec {
     pub name: String,
     #[serde(default)]
@@ -207,6 +213,29 @@ mod tests {
         }
     }
 
+    /// Found by `fuzz::fuzz_model_list`: serde's messages named the Rust types
+    /// (`expected struct ModelList`), which the client logs as they are.
+    #[test]
+    fn model_list_errors_name_no_rust_types() {
+        let error = |text: &str| {
+            serde_json::from_str::<ModelList>(text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("4"),
+            "invalid type: integer `4`, expected a model list (an object with `data`) at line 1 column 1"
+        );
+        assert_eq!(
+            error(r#"{"data":[7]}"#),
+            "invalid type: integer `7`, expected a model (an object with `id`) at line 1 column 10"
+        );
+        assert_eq!(
+            error(r#"{"data":[{"id":"m","pricing":"free"}]}"#),
+            "invalid type: string \"free\", expected an object of prices at line 1 column 35"
+        );
+    }
+
     #[test]
     fn values_are_checked_against_the_declared_schema() {
         let budget = spec(json!({"type": "number", "minimum": 0, "maximum": 31999}));
@@ -234,3 +263,6 @@ mod tests {
         assert!(flag.parse_value("maybe").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -332,6 +332,21 @@ mod tests {
         assert!(matches!(end, Err(PoeError::BadRequest { .. })));
     }
 
+    /// Found by `fuzz::fuzz_native_events`: `PoeError::RateLimited`'s `Display` formatted its
+    /// wait with `{:?}`, so the log read `retry after None`.
+    #[test]
+    fn a_rate_limit_error_event_reads_as_words() {
+        let (_, end) = decode(&[event(
+            "error",
+            r#"{"text":"You have exceeded rate limit to query bot"}"#,
+        )]);
+        let shown = end.unwrap_err().to_string();
+        assert!(
+            !shown.contains("None") && !shown.contains("Some("),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn body_matches_the_fastapi_poe_shape() {
         let mut request = ChatRequest::new(
@@ -367,3 +382,6 @@ mod tests {
         assert_eq!(query[3]["attachments"][0]["url"], "https://files/1");
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fuzz;

@@ -154,7 +154,10 @@ impl OpenAiDecoder {
             return Ok(());
         }
         let chunk: Chunk = serde_json::from_str(data).map_err(|err| {
-            PoeError::protocol(format!("invalid chunk in the stream: {err}"), false)
+            PoeError::protocol(
+                format!("invalid chunk in the stream: {}", plain(&err)),
+                false,
+            )
         })?;
         if let Some(error) = &chunk.error {
             return Err(error::from_stream_error(error, model, key));
@@ -205,6 +208,56 @@ struct CompletionMessage {
     content: Option<String>,
 }
 
+/// A parser's message with the Rust types it names (`expected struct Usage`, `expected u64`)
+/// said as the JSON they stand for, which is what a reader of the log can act on.
+fn plain(err: &serde_json::Error) -> String {
+    const NUMBERS: &[(&str, &str)] = &[
+        ("u8", "a whole number of at least 0"),
+        ("u16", "a whole number of at least 0"),
+        ("u32", "a whole number of at least 0"),
+        ("u64", "a whole number of at least 0"),
+        ("usize", "a whole number of at least 0"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("f64", "a number"),
+    ];
+    let text = err.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("expected ") {
+        let (before, after) = rest.split_at(at + "expected ".len());
+        out.push_str(before);
+        rest = after;
+        let word_end = |text: &str| {
+            text.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(text.len())
+        };
+        if let Some(name) = rest.strip_prefix("struct ") {
+            // `struct Completion`, or `struct Completion with 2 elements` for a JSON array.
+            rest = &name[word_end(name)..];
+            if let Some(count) = rest.strip_prefix(" with ") {
+                let digits = count.bytes().take_while(u8::is_ascii_digit).count();
+                let tail = &count[digits..];
+                if let Some(tail) = tail
+                    .strip_prefix(" elements")
+                    .or_else(|| tail.strip_prefix(" element"))
+                {
+                    rest = tail;
+                }
+            }
+            out.push_str("an object");
+        } else if let Some((_, words)) = NUMBERS
+            .iter()
+            .find(|(name, _)| rest.starts_with(name) && word_end(rest) == name.len())
+        {
+            rest = &rest[word_end(rest)..];
+            out.push_str(words);
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Decodes a non-streamed answer.
 pub fn decode_completion(
     body: &[u8],
@@ -217,8 +270,9 @@ pub fn decode_completion(
         let object: ErrorObject = serde_json::from_value(error.clone()).unwrap_or_default();
         return Err(error::from_stream_error(&object, model, key));
     }
-    let completion: Completion = serde_json::from_value(value)
-        .map_err(|err| PoeError::protocol(format!("unexpected answer shape: {err}"), false))?;
+    let completion: Completion = serde_json::from_value(value).map_err(|err| {
+        PoeError::protocol(format!("unexpected answer shape: {}", plain(&err)), false)
+    })?;
     let choice = completion
         .choices
         .into_iter()
@@ -297,6 +351,44 @@ mod tests {
         );
     }
 
+    /// Found by `fuzz::fuzz_openai_stream_events` and `fuzz_openai_completion`: serde's
+    /// messages named this crate's Rust types (`expected struct Chunk`, `expected u64`).
+    #[test]
+    fn wrong_shapes_are_described_in_json_terms_not_rust_types() {
+        let key = Secret::new("sk-x");
+        let stream_error = |text: &str| {
+            OpenAiDecoder::default()
+                .on_event(&data(text), "m", &key, &mut Vec::new())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            stream_error("-3"),
+            "Poe broke the protocol: invalid chunk in the stream: invalid type: integer `-3`, expected an object at line 1 column 2"
+        );
+        assert_eq!(
+            stream_error(r#"{"choices":[5]}"#),
+            "Poe broke the protocol: invalid chunk in the stream: invalid type: integer `5`, expected an object at line 1 column 13"
+        );
+        assert_eq!(
+            stream_error(r#"{"usage":{"prompt_tokens":-1}}"#),
+            "Poe broke the protocol: invalid chunk in the stream: invalid value: integer `-1`, expected a whole number of at least 0 at line 1 column 28"
+        );
+        let completion_error = |body: &str| {
+            decode_completion(body.as_bytes(), "m", &key)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            completion_error("[]"),
+            "Poe broke the protocol: unexpected answer shape: invalid length 0, expected an object"
+        );
+        assert_eq!(
+            completion_error(r#"{"choices":[{"message":"hi"}]}"#),
+            "Poe broke the protocol: unexpected answer shape: invalid type: string \"hi\", expected an object"
+        );
+    }
+
     #[test]
     fn body_has_parameters_at_top_level_and_files_as_parts() {
         let mut request = ChatRequest::new("GPT-5", vec![ChatMessage::user("look")]);
@@ -323,3 +415,6 @@ mod tests {
         assert_eq!(parts[2]["file"]["file_data"], "data:text/plain;base64,aGk=");
     }
 }
+
+#[cfg(test)]
+mod fuzz;

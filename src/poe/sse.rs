@@ -58,17 +58,22 @@ impl SseDecoder {
                     self.end_line(out);
                     self.skip_lf = true;
                 }
-                _ => {
-                    self.line.push(byte);
-                    if self.line.len() + self.data.len() > self.max_event_bytes {
-                        return Err(EventTooLarge {
-                            max: self.max_event_bytes,
-                        });
-                    }
-                }
+                _ => self.line.push(byte),
+            }
+            // Checked after each line too: invalid UTF-8 grows threefold when it is read
+            // (each bad byte becomes U+FFFD), and the event's name is held as well.
+            if self.buffered() > self.max_event_bytes {
+                return Err(EventTooLarge {
+                    max: self.max_event_bytes,
+                });
             }
         }
         Ok(())
+    }
+
+    /// Bytes held for the event being read: its name, its data and the unfinished line.
+    fn buffered(&self) -> usize {
+        self.line.len() + self.event.len() + self.data.len()
     }
 
     fn end_line(&mut self, out: &mut Vec<SseEvent>) {
@@ -176,4 +181,42 @@ mod tests {
         let no_newline = vec![b'y'; 5000];
         assert!(decoder.feed(&no_newline, &mut out).is_err());
     }
+
+    /// Found by `fuzz::fuzz_sse_limit_is_enforced`: each invalid byte became a 3-byte U+FFFD
+    /// only after the size check, so 1,000 bad bytes under a 1,024-byte limit came out as an
+    /// event of 3,000 bytes.
+    #[test]
+    fn invalid_utf8_cannot_inflate_an_event_past_the_limit() {
+        let mut input = b"data: ".to_vec();
+        input.extend(std::iter::repeat_n(0xFF, 1000));
+        input.extend_from_slice(b"\n\n");
+        let mut decoder = SseDecoder::new(1024);
+        let mut out = Vec::new();
+        assert_eq!(
+            decoder.feed(&input, &mut out),
+            Err(EventTooLarge { max: 1024 })
+        );
+        assert!(out.is_empty(), "{} bytes got out", out[0].data.len());
+    }
+
+    /// Found by `fuzz::fuzz_sse_limit_is_enforced`: the event's name was not counted, so a
+    /// name and data each just under the limit made an event of twice the limit.
+    #[test]
+    fn an_events_name_counts_toward_the_limit() {
+        let input = format!(
+            "event: {}\ndata: {}\n\n",
+            "n".repeat(1000),
+            "d".repeat(1000)
+        );
+        let mut decoder = SseDecoder::new(1024);
+        let mut out = Vec::new();
+        assert_eq!(
+            decoder.feed(input.as_bytes(), &mut out),
+            Err(EventTooLarge { max: 1024 })
+        );
+        assert!(out.is_empty());
+    }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use super::lenient;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a balance (an object with `current_point_balance`)")]
 pub struct Balance {
     #[serde(deserialize_with = "lenient::int")]
     pub current_point_balance: Option<i64>,
@@ -18,6 +19,7 @@ pub struct Balance {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a page of points history (an object with `data`)")]
 pub struct HistoryPage {
     #[serde(default)]
     pub has_more: bool,
@@ -27,6 +29,7 @@ pub struct HistoryPage {
 
 /// One charged request. `bot_name` is called `app_name` in one of Poe's examples.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(expecting = "a points history entry (an object with `query_id`)")]
 pub struct HistoryEntry {
     pub query_id: String,
     #[serde(default, alias = "app_name")]
@@ -47,6 +50,24 @@ pub struct HistoryEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `fuzz::fuzz_balance` and `fuzz::fuzz_history_page`: serde's messages named
+    /// the Rust types (`expected struct Balance`), which the client logs as they are.
+    #[test]
+    fn usage_errors_name_no_rust_types() {
+        assert_eq!(
+            serde_json::from_str::<Balance>("null")
+                .unwrap_err()
+                .to_string(),
+            "invalid type: null, expected a balance (an object with `current_point_balance`) at line 1 column 4"
+        );
+        assert_eq!(
+            serde_json::from_str::<HistoryPage>(r#"{"data":[0]}"#)
+                .unwrap_err()
+                .to_string(),
+            "invalid type: integer `0`, expected a points history entry (an object with `query_id`) at line 1 column 10"
+        );
+    }
 
     #[test]
     fn documented_and_lenient_shapes() {
@@ -69,3 +90,6 @@ mod tests {
         assert_eq!(page.data[0].creation_time, Some(1_774_501_234_567_890));
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -775,7 +775,7 @@ mod tests {
         s.split('\n').fold(None, read_line)
     }
 
-    fn ends_in_open_fence(s: &str) -> bool {
+    pub(super) fn ends_in_open_fence(s: &str) -> bool {
         open_fence_at(s).is_some()
     }
 
@@ -843,7 +843,7 @@ mod tests {
     /// fence), and a message that starts inside a fence of the text reopens that fence, so
     /// that fence-looking lines in its code read as code. The fence checks are waived where
     /// the limit leaves no room for the markers (see `fence_room`).
-    fn check_invariants(text: &str, limit: usize, unit: LengthUnit) {
+    pub(super) fn check_invariants(text: &str, limit: usize, unit: LengthUnit) {
         let parts = split(text, limit, unit);
         assert_eq!(bodies(&parts), text, "bodies must concatenate to the text");
         if text.is_empty() {
@@ -923,7 +923,7 @@ mod tests {
     }
 
     /// Property 4: the finished parts of a prefix are the first parts of the whole.
-    fn check_stable(full: &str, prefix_len: usize, limit: usize, unit: LengthUnit) {
+    pub(super) fn check_stable(full: &str, prefix_len: usize, limit: usize, unit: LengthUnit) {
         let mut end = prefix_len.min(full.len());
         while !full.is_char_boundary(end) {
             end -= 1;
@@ -1512,3 +1512,6 @@ mod tests {
         assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
     }
 }
+
+#[cfg(test)]
+mod fuzz;

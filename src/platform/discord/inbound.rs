@@ -259,9 +259,7 @@ impl Receiver {
         if let Some(known) = lock(&self.parents).get(&channel) {
             return *known;
         }
-        let Some(id) = std::num::NonZeroU64::new(channel) else {
-            return None;
-        };
+        let id = std::num::NonZeroU64::new(channel)?;
         let out: Arc<dyn Outbound> = self.out.clone();
         let paced = self.manager.paced(PLATFORM, out);
         paced.draw("lookup").await;
@@ -494,6 +492,20 @@ fn display_name(user: &serenity::all::User) -> String {
         .unwrap_or_else(|| user.name.clone())
 }
 
+/// Discord says who wrote a message: a bot account, or a webhook (which bots use too).
+fn speaker_of(message: &Message) -> Speaker {
+    match message.author.bot || message.webhook_id.is_some() {
+        true => Speaker::Bot,
+        false => Speaker::Person,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,18 +520,4 @@ mod tests {
             ((u64::MAX >> 22) + DISCORD_EPOCH_MS) as i64
         );
     }
-}
-
-/// Discord says who wrote a message: a bot account, or a webhook (which bots use too).
-fn speaker_of(message: &Message) -> Speaker {
-    match message.author.bot || message.webhook_id.is_some() {
-        true => Speaker::Bot,
-        false => Speaker::Person,
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -349,3 +349,6 @@ mod tests {
         assert_eq!(model_choices("", many.iter().map(String::as_str)).len(), 25);
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -257,3 +257,6 @@ mod tests {
         assert!(content["m.new_content"].get("formatted_body").is_none());
     }
 }
+
+#[cfg(test)]
+mod fuzz;
