@@ -1234,14 +1234,8 @@ async fn the_access_lists_decide_who_is_answered_where() {
         .await;
 
     // Poe heard only the allowed questions.
-    let mut asked: Vec<String> = world
-        .contexts()
-        .iter()
-        .filter_map(|context| context.last().cloned())
-        .collect();
-    asked.sort();
     assert_eq!(
-        asked,
+        support::questions_asked(&world.contexts()),
         [
             "alice: in its thread",
             "alice: in the channel",

@@ -177,6 +177,13 @@ mod tests {
         verdict
     }
 
+    /// `count` exchanges with `sender`, a second apart from `start`.
+    fn exchanges(guard: &LoopGuard, sender: &str, speaker: Speaker, start: Instant, count: u64) {
+        for turn in 0..count {
+            exchange(guard, sender, speaker, start + Duration::from_secs(turn));
+        }
+    }
+
     #[test]
     fn a_bot_that_answers_every_answer_at_once_is_paused_once() {
         let guard = LoopGuard::default();
@@ -203,14 +210,7 @@ mod tests {
     fn a_person_writing_lifts_the_pause() {
         let guard = LoopGuard::default();
         let start = Instant::now();
-        for turn in 0..5 {
-            exchange(
-                &guard,
-                "bot-b",
-                Speaker::Bot,
-                start + Duration::from_secs(turn),
-            );
-        }
+        exchanges(&guard, "bot-b", Speaker::Bot, start, 5);
         let at = start + Duration::from_secs(6);
         assert_eq!(
             guard.question(&room(), "bot-b", Speaker::Bot, at),
@@ -224,14 +224,7 @@ mod tests {
         );
         // A bot writing in between changes nothing.
         let guard = LoopGuard::default();
-        for turn in 0..5 {
-            exchange(
-                &guard,
-                "bot-b",
-                Speaker::Bot,
-                start + Duration::from_secs(turn),
-            );
-        }
+        exchanges(&guard, "bot-b", Speaker::Bot, start, 5);
         guard.observed(&room(), "bot-c", Speaker::Bot, at);
         assert_eq!(
             guard.question(&room(), "bot-b", Speaker::Bot, at),
@@ -243,14 +236,7 @@ mod tests {
     fn unknown_senders_are_people_when_slow_or_someone_else() {
         let guard = LoopGuard::default();
         let start = Instant::now();
-        for turn in 0..5 {
-            exchange(
-                &guard,
-                "fast",
-                Speaker::Unknown,
-                start + Duration::from_secs(turn),
-            );
-        }
+        exchanges(&guard, "fast", Speaker::Unknown, start, 5);
         let later = start + Duration::from_secs(5);
         assert_eq!(
             guard.question(&room(), "fast", Speaker::Unknown, later),
@@ -283,14 +269,7 @@ mod tests {
         }
         // A slow reply from the looping sender lifts the pause too.
         let guard = LoopGuard::default();
-        for turn in 0..6 {
-            exchange(
-                &guard,
-                "fast",
-                Speaker::Unknown,
-                start + Duration::from_secs(turn),
-            );
-        }
+        exchanges(&guard, "fast", Speaker::Unknown, start, 6);
         let slow = start + Duration::from_secs(60);
         assert_eq!(
             guard.question(&room(), "fast", Speaker::Unknown, slow),

@@ -200,3 +200,13 @@ pub fn command(channel: &str, user: &str, admin: bool, text: &str) -> poe_relay:
     inbound.is_bot_admin = admin;
     inbound
 }
+
+/// The last message of each context Poe was sent, sorted: which questions reached it.
+pub fn questions_asked(contexts: &[Vec<String>]) -> Vec<String> {
+    let mut asked: Vec<String> = contexts
+        .iter()
+        .filter_map(|context| context.last().cloned())
+        .collect();
+    asked.sort();
+    asked
+}
