@@ -7,6 +7,8 @@
 pub mod config;
 pub mod core;
 pub mod fake_poe;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod lanes;
 pub mod logging;
 pub mod metrics;

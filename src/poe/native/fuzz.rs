@@ -7,7 +7,7 @@ use super::*;
 use crate::poe::sse::SseDecoder;
 use proptest::prelude::*;
 
-use crate::core::commands::fuzz::{
+use crate::fuzz::{
     KEY, any_json, assert_plain_words, config, field, foreign_strings, hostile_string, object,
     text_value,
 };

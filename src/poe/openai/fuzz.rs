@@ -3,7 +3,7 @@
 //! field of a wrong type, arbitrary JSON and arbitrary bytes.
 
 use super::*;
-use crate::core::commands::fuzz::{KEY, any_json, config, foreign_strings, hostile_string};
+use crate::fuzz::{KEY, any_json, config, foreign_strings, hostile_string};
 use crate::poe::native::fuzz::assert_plain_error;
 use crate::poe::sse::SseDecoder;
 use proptest::prelude::*;

@@ -3,7 +3,7 @@
 //! failure becomes a named test in `tests` above.
 
 use super::*;
-use crate::core::commands::fuzz::config;
+use crate::fuzz::config;
 use proptest::prelude::*;
 
 /// What feeding `input` in `cuts`-sized chunks gives: the events, whether it failed, and

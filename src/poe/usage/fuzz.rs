@@ -2,9 +2,9 @@
 //! documented shapes with fields of the wrong type or missing, numbers as strings.
 
 use super::*;
-use crate::core::commands::fuzz::{
-    any_json, assert_plain_words, config, field, foreign_strings, hostile_string, object,
-    text_value,
+use crate::fuzz::{
+    any_json, assert_plain_words, config, expected_int, field, foreign_strings, hostile_string,
+    object, text_value,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -21,17 +21,6 @@ fn lenient_number() -> BoxedStrategy<Value> {
         Just(json!("")),
     ]
     .boxed()
-}
-
-fn expected_int(value: Option<&Value>) -> Option<i64> {
-    match value? {
-        Value::Number(number) => Some(match number.as_i64() {
-            Some(int) => int,
-            None => number.as_f64()? as i64,
-        }),
-        Value::String(text) => text.trim().parse::<f64>().ok().map(|float| float as i64),
-        _ => None,
-    }
 }
 
 fn expected_decimal(value: Option<&Value>) -> Option<f64> {

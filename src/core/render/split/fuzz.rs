@@ -7,7 +7,7 @@
 
 use super::tests::{check_invariants, check_stable};
 use super::*;
-use crate::core::commands::fuzz::config;
+use crate::fuzz::config;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 

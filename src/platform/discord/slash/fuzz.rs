@@ -4,7 +4,8 @@
 //! and model autocomplete over arbitrary ids.
 
 use super::*;
-use crate::core::commands::fuzz::{any_json, check_refusal, config, hostile_string, mutate_one};
+use crate::core::commands::fuzz::check_refusal;
+use crate::fuzz::{any_json, config, hostile_string, mutate_one};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 

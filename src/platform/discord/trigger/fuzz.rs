@@ -3,7 +3,7 @@
 //! by serenity and, when it reads, classified the way the inbound side does.
 
 use super::*;
-use crate::core::commands::fuzz::{any_json, config, hostile_string, sometimes_mutated};
+use crate::fuzz::{any_json, config, hostile_string, sometimes_mutated};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 //! structure is what clients expect.
 
 use super::*;
-use crate::core::commands::fuzz::{config, hostile_string};
+use crate::fuzz::{config, hostile_string};
 use crate::platform::matrix::outbound::MAX_MESSAGE_BYTES;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::core::commands::SUBCOMMANDS;
-use crate::core::commands::fuzz::{config, hostile_string};
+use crate::fuzz::{config, hostile_string};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
