@@ -176,6 +176,17 @@ struct Asked {
     person: Option<String>,
 }
 
+impl Asked {
+    fn new(manager: &Manager, channel: &ChannelKey, person: Option<String>) -> Asked {
+        manager.inner.loops.answer_started(channel);
+        Asked {
+            manager: manager.clone(),
+            channel: channel.clone(),
+            person,
+        }
+    }
+}
+
 impl Drop for Asked {
     fn drop(&mut self) {
         let inner = &self.manager.inner;
@@ -369,7 +380,7 @@ impl Manager {
                 let parsed = commands::parse(&inbound.text);
                 // `reset` must not overtake a reply still running in the channel.
                 if parsed == Ok(Command::Reset) {
-                    return self.enqueue(inbound, out);
+                    return self.enqueue(inbound, out, None);
                 }
                 let Some(_admitted) = self.admit(Slot::Running) else {
                     return Disposition::ShuttingDown;
@@ -381,13 +392,8 @@ impl Manager {
             }
             Invocation::Message => match self.hold_back(&inbound, &out).await {
                 Ok(person) => {
-                    let asked = Asked {
-                        manager: self.clone(),
-                        channel: inbound.channel.clone(),
-                        person,
-                    };
-                    self.inner.loops.answer_started(&inbound.channel);
-                    self.enqueue_question(inbound, out, Some(asked))
+                    let asked = Asked::new(self, &inbound.channel, person);
+                    self.enqueue(inbound, out, Some(asked))
                 }
                 Err(disposition) => disposition,
             },
@@ -420,14 +426,14 @@ impl Manager {
                 return Err(Disposition::Held);
             }
             Verdict::Ignore => {
-                self.count_refusal(inbound, "bot_loop");
+                self.count_refusal(&inbound.channel, &inbound.user_id, "bot_loop");
                 return Err(Disposition::Held);
             }
         }
         if inbound.is_bot_admin {
             return Ok(None);
         }
-        let person = format!("{}:{}", inbound.channel.platform, inbound.user_id);
+        let person = self.inner.services.spender(inbound).key;
         match self.inner.flood.take(&person) {
             Ok(()) => Ok(Some(person)),
             Err(Flooded::Tell) => {
@@ -435,22 +441,20 @@ impl Manager {
                 let text = format!(
                     "You have {limit} questions waiting for an answer already. Ask again once one is answered."
                 );
-                self.count_refusal(inbound, "flood");
+                self.count_refusal(&inbound.channel, &inbound.user_id, "flood");
                 self.post(out, inbound, None, text, true).await;
                 Err(Disposition::Held)
             }
             Err(Flooded::Quiet) => {
-                self.count_refusal(inbound, "flood");
+                self.count_refusal(&inbound.channel, &inbound.user_id, "flood");
                 Err(Disposition::Held)
             }
         }
     }
 
-    fn enqueue(&self, inbound: Inbound, out: Paced) -> Disposition {
-        self.enqueue_question(inbound, out, None)
-    }
-
-    fn enqueue_question(&self, inbound: Inbound, out: Paced, asked: Option<Asked>) -> Disposition {
+    /// Queues a turn in its channel; `asked` is a question's place with the loop guard and
+    /// flood control (a queued command has none).
+    fn enqueue(&self, inbound: Inbound, out: Paced, asked: Option<Asked>) -> Disposition {
         let Some(admitted) = self.admit(Slot::Queued) else {
             return Disposition::ShuttingDown;
         };
@@ -691,18 +695,15 @@ impl Manager {
         reason: &'static str,
         text: String,
     ) {
-        self.count_refusal(inbound, reason);
+        self.count_refusal(&inbound.channel, &inbound.user_id, reason);
         self.post(out, inbound, note, text, false).await;
     }
 
-    fn count_refusal(&self, inbound: &Inbound, reason: &'static str) {
+    /// Counts and logs a question not sent to Poe; adapters use it for the refusals they
+    /// decide themselves (the access lists).
+    pub fn count_refusal(&self, channel: &ChannelKey, user: &str, reason: &'static str) {
         self.inner.services.metrics.refusal(reason);
-        tracing::info!(
-            channel = %inbound.channel,
-            user = %inbound.user_id,
-            reason,
-            "question refused"
-        );
+        tracing::info!(%channel, user, reason, "question refused");
     }
 
     /// One conversation turn.

@@ -299,8 +299,9 @@ impl Receiver {
     }
 
     fn count_refusal(&self, channel: &ChannelKey, user: u64, refusal: Refusal) {
-        self.manager.services().metrics.refusal("not_allowed");
-        tracing::info!(%channel, user, ?refusal, reason = "not_allowed", "question refused");
+        tracing::debug!(%channel, user, ?refusal, "discord: the access lists refuse a question");
+        self.manager
+            .count_refusal(channel, &user.to_string(), "not_allowed");
     }
 
     /// serenity met Discord's global limit: every channel slows down.
@@ -370,12 +371,11 @@ impl Receiver {
                     .as_ref()
                     .map(|member| member.roles.iter().map(|role| role.get()).collect())
                     .unwrap_or_default();
+                // Messages carry no permissions; server admins use the slash command.
+                let rights = self.admins.rights(message.author.id.get(), &roles, None);
                 let asker = Asker {
                     user: message.author.id.get(),
-                    is_bot_admin: self
-                        .admins
-                        .rights(message.author.id.get(), &roles, None)
-                        .is_bot_admin,
+                    is_bot_admin: rights.is_bot_admin,
                     roles,
                     channel: message.channel_id.get(),
                     in_server: message.guild_id.is_some(),
@@ -387,7 +387,10 @@ impl Receiver {
                     self.count_refusal(&channel, asker.user, refusal);
                     return;
                 }
-                (self.translate(&message, invocation, text).await, None)
+                (
+                    self.translate(&message, rights, invocation, text).await,
+                    None,
+                )
             }
         };
         let out: Arc<dyn Outbound> = self.out.clone();
@@ -406,15 +409,14 @@ impl Receiver {
         }
     }
 
-    async fn translate(&self, message: &Message, invocation: Invocation, text: String) -> Inbound {
+    async fn translate(
+        &self,
+        message: &Message,
+        rights: Rights,
+        invocation: Invocation,
+        text: String,
+    ) -> Inbound {
         let author = &message.author;
-        let roles: Vec<u64> = message
-            .member
-            .as_ref()
-            .map(|member| member.roles.iter().map(|role| role.get()).collect())
-            .unwrap_or_default();
-        // Messages carry no permissions; server admins use the slash command.
-        let rights = self.admins.rights(author.id.get(), &roles, None);
         let name = message
             .member
             .as_ref()

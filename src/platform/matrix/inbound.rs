@@ -284,8 +284,8 @@ impl Receiver {
             .any(|admin| admin == event.sender.as_str());
         if !is_bot_admin && !may_use(&self.config.access, room.room_id(), &event.sender) {
             // Matrix has no private answer in a room, so a refusal would be public noise.
-            self.manager.services().metrics.refusal("not_allowed");
-            tracing::info!(room = %room.room_id(), sender = %event.sender, reason = "not_allowed", "question refused");
+            self.manager
+                .count_refusal(&channel, event.sender.as_str(), "not_allowed");
             return None;
         }
 
