@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::poe::Transport;
+pub use crate::poe::{ModelConfig, PoeConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -87,6 +87,9 @@ pub struct ChatConfig {
     /// Questions one person may have waiting or being answered at once; more get a note
     /// (0: no limit). The bot's own admins are exempt.
     pub max_questions_per_user: usize,
+    /// An asker's edit of the question the channel's latest answer replied to regenerates
+    /// that answer in place.
+    pub regenerate_on_edit: bool,
 }
 
 impl Default for ChatConfig {
@@ -101,6 +104,7 @@ impl Default for ChatConfig {
             max_attachment_bytes: 10 * 1024 * 1024,
             max_question_chars: 16_000,
             max_questions_per_user: 3,
+            regenerate_on_edit: true,
         }
     }
 }
@@ -326,99 +330,6 @@ impl Default for DiscordConfig {
             gateway_url: None,
         }
     }
-}
-
-/// How to reach Poe and how hard to try.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default, expecting = "a table of settings")]
-pub struct PoeConfig {
-    pub base_url: String,
-    pub upload_url: String,
-    pub default_transport: Transport,
-    pub requests_per_minute: u32,
-    pub connect_timeout_secs: u64,
-    pub idle_timeout_secs: u64,
-    pub request_timeout_secs: u64,
-    pub max_attempts: u32,
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    pub retry_budget_secs: u64,
-    pub max_event_bytes: usize,
-    pub max_answer_bytes: usize,
-    pub models: Vec<ModelConfig>,
-}
-
-impl Default for PoeConfig {
-    fn default() -> Self {
-        PoeConfig {
-            base_url: "https://api.poe.com".into(),
-            upload_url: "https://www.quora.com/poe_api/file_upload_3RD_PARTY_POST".into(),
-            default_transport: Transport::Native,
-            requests_per_minute: 500,
-            connect_timeout_secs: 10,
-            idle_timeout_secs: 600,
-            request_timeout_secs: 1800,
-            max_attempts: 4,
-            initial_backoff_ms: 250,
-            max_backoff_ms: 10_000,
-            retry_budget_secs: 60,
-            max_event_bytes: 4 * 1024 * 1024,
-            max_answer_bytes: 8 * 1024 * 1024,
-            models: Vec::new(),
-        }
-    }
-}
-
-impl PoeConfig {
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs)
-    }
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
-    }
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
-    }
-    pub fn initial_backoff(&self) -> Duration {
-        Duration::from_millis(self.initial_backoff_ms)
-    }
-    pub fn max_backoff(&self) -> Duration {
-        Duration::from_millis(self.max_backoff_ms)
-    }
-    pub fn retry_budget(&self) -> Duration {
-        Duration::from_secs(self.retry_budget_secs)
-    }
-
-    /// The settings for `model` (names are case-insensitive on Poe), if the config has any.
-    pub fn model(&self, model: &str) -> Option<&ModelConfig> {
-        self.models
-            .iter()
-            .find(|entry| entry.name.eq_ignore_ascii_case(model))
-    }
-
-    /// The transport to use for `model`.
-    pub fn transport_for(&self, model: &str) -> Transport {
-        self.model(model)
-            .and_then(|entry| entry.transport)
-            .unwrap_or(self.default_transport)
-    }
-}
-
-/// Per-model settings: which transport to use and custom parameters sent with every request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a model's settings (a table with `name`)"
-)]
-pub struct ModelConfig {
-    pub name: String,
-    #[serde(default)]
-    pub transport: Option<Transport>,
-    #[serde(default)]
-    pub parameters: serde_json::Map<String, serde_json::Value>,
-    /// Points one request costs, for models Poe gives no price for (image, video bots).
-    #[serde(default)]
-    pub points_per_request: Option<i64>,
 }
 
 /// Log output.
@@ -888,6 +799,7 @@ fn describe_config_error(err: config::ConfigError, file: Option<&Path>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::poe::Transport;
 
     fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();

@@ -13,8 +13,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use poe_relay::config::Config;
-use poe_relay::core::manager::{Manager, Services};
-use poe_relay::platform::Outbound;
+use poe_relay::core::boundary::Outbound;
+use poe_relay::core::manager::Manager;
+use poe_relay::core::services::Services;
 use poe_relay::platform::discord::{self, Discord};
 use poe_relay::platform::matrix::{self, Matrix, session::Credentials};
 use poe_relay::poe::{ModelInfo, PoeClient};

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use poe_relay::config::ModelConfig;
+use poe_relay::core::boundary::{
+    ChannelKey, InboundFile, Outbound, PlatformError, RateScope, Speaker,
+};
 use poe_relay::core::manager::Disposition;
 use poe_relay::core::pacing::Permit;
 use poe_relay::core::render::split::{LengthUnit, split};
 use poe_relay::fake_poe::{FakePoe, Scenario};
 use poe_relay::platform::memory::{CallKind, MemoryPlatform, ShownMessage};
-use poe_relay::platform::{ChannelKey, InboundFile, Outbound, PlatformError, RateScope, Speaker};
 use poe_relay::poe::{FileSource, Transport};
 use poe_relay::store::LedgerState;
 use serde_json::json;
@@ -423,7 +425,7 @@ async fn reconciliation_makes_the_ledger_match_poes_history() {
     let setup = core_with(core_config(&fake), quick_platform());
     let out = out(&setup.platform);
     // Someone else's web chat on the same account must not be counted.
-    fake.push_history(json!({"query_id": "web1", "bot_name": "echo", "creation_time": poe_relay::core::manager::now_ms() * 1000,
+    fake.push_history(json!({"query_id": "web1", "bot_name": "echo", "creation_time": poe_relay::core::services::now_ms() * 1000,
         "usage_type": "Chat", "cost_points": 999}));
     for index in 0..6 {
         let channel = format!("c{}", index % 3);
@@ -912,7 +914,7 @@ async fn commands_work_for_admins_and_refuse_others() {
 
 #[tokio::test]
 async fn matrix_style_edit_caps_hold_and_the_final_text_still_lands() {
-    use poe_relay::platform::Limits;
+    use poe_relay::core::boundary::Limits;
     let fake = FakePoe::start(KEY).await.unwrap();
     let answer = "slowly ".repeat(60);
     fake.script(
@@ -1082,7 +1084,7 @@ async fn a_reservation_left_by_a_crash_is_given_back_on_start() {
             user_name: "ann".into(),
             channel: "memory:c".into(),
             model: "echo".into(),
-            created_us: (poe_relay::core::manager::now_ms() - 60_000) * 1000,
+            created_us: (poe_relay::core::services::now_ms() - 60_000) * 1000,
             finished_us: None,
             reserved: 500,
             estimated: None,
@@ -1186,7 +1188,7 @@ impl PanickyOutbound {
 
 #[async_trait::async_trait]
 impl Outbound for PanickyOutbound {
-    fn limits(&self) -> poe_relay::platform::Limits {
+    fn limits(&self) -> poe_relay::core::boundary::Limits {
         self.platform.limits()
     }
 
@@ -1194,8 +1196,8 @@ impl Outbound for PanickyOutbound {
         &self,
         permit: Permit,
         channel: &ChannelKey,
-        message: poe_relay::platform::OutMessage,
-    ) -> Result<poe_relay::platform::MessageId, PlatformError> {
+        message: poe_relay::core::boundary::OutMessage,
+    ) -> Result<poe_relay::core::boundary::MessageId, PlatformError> {
         self.check(&message.text);
         self.platform.send(permit, channel, message).await
     }
@@ -1204,7 +1206,7 @@ impl Outbound for PanickyOutbound {
         &self,
         permit: Permit,
         channel: &ChannelKey,
-        message: &poe_relay::platform::MessageId,
+        message: &poe_relay::core::boundary::MessageId,
         text: &str,
         live: bool,
     ) -> Result<(), PlatformError> {
@@ -1222,9 +1224,9 @@ impl Outbound for PanickyOutbound {
         &self,
         permit: Permit,
         channel: &ChannelKey,
-        file: &poe_relay::platform::OutFile,
+        file: &poe_relay::core::boundary::OutFile,
         reply_to: Option<&str>,
-    ) -> Result<Option<poe_relay::platform::MessageId>, PlatformError> {
+    ) -> Result<Option<poe_relay::core::boundary::MessageId>, PlatformError> {
         if self.in_files {
             self.strike();
         }

@@ -887,9 +887,9 @@ async fn a_missing_intent_stops_the_daemon_with_what_to_do() {
 /// deferred message itself.
 #[tokio::test]
 async fn a_private_answer_to_a_public_acknowledgement_stays_private() {
+    use poe_relay::core::boundary::{ChannelKey, OutMessage};
     use poe_relay::core::pacing::{Pacing, Priority};
     use poe_relay::platform::discord::outbound::DiscordOutbound;
-    use poe_relay::platform::{ChannelKey, OutMessage};
     use serenity::all::{ApplicationId, HttpBuilder, InteractionId};
 
     poe_relay::tls::install_crypto_provider();

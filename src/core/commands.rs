@@ -5,13 +5,23 @@
 
 use serde_json::Value;
 
-use super::manager::Services;
 use super::period;
-use crate::platform::Inbound;
+use super::services::Services;
+use crate::core::boundary::{Control, Inbound};
 
 /// Every subcommand, for adapters deciding whether `!poe <word>` is a command or a question.
 pub const SUBCOMMANDS: &[&str] = &[
-    "help", "balance", "usage", "budget", "model", "models", "prompt", "reset",
+    "help",
+    "balance",
+    "usage",
+    "budget",
+    "model",
+    "models",
+    "prompt",
+    "reset",
+    "stop",
+    "regenerate",
+    "continue",
 ];
 
 pub fn is_subcommand(word: &str) -> bool {
@@ -41,6 +51,9 @@ pub enum Command {
     },
     Prompt(PromptChange),
     Reset,
+    /// `stop`, `regenerate`, `continue`: the channel's latest answer (run by the manager as
+    /// a press of the control).
+    Control(Control),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +83,9 @@ pub fn parse(input: &str) -> Parsed {
             _ => Err("`usage` takes nothing, or `here` for this room's spending".into()),
         },
         "reset" => Ok(Command::Reset),
+        "stop" => Ok(Command::Control(Control::Stop)),
+        "regenerate" => Ok(Command::Control(Control::Regenerate)),
+        "continue" => Ok(Command::Control(Control::Continue)),
         "models" => Ok(Command::Models {
             filter: (!rest.is_empty()).then(|| rest.to_owned()),
         }),
@@ -136,6 +152,7 @@ pub fn help_text() -> String {
         "• `model <name> [key=value …]`: change them (this room's or server's admins)",
         "• `prompt`: this channel's system prompt; `prompt <text>` or `prompt clear` to change it (this room's or server's admins)",
         "• `reset`: forget the conversation so far (it stays on disk, but is no longer sent)",
+        "• `stop`, `regenerate`, `continue`: the latest answer here: end it now, ask again for a new one, or get the rest of one that was cut off (its asker and this room's admins)",
         "• `balance`: the Poe account's points, recent burn and top spenders (the bot's own admins)",
         "• `budget <user> <points|default>`: set a user's budget per period (the bot's own admins)",
     ]
@@ -295,6 +312,11 @@ async fn run(
                 "The system prompt is set; it applies from the next question.".into()
             })
         }
+        // The manager runs these as presses of the control; nothing reaches here.
+        Command::Control(control) => private(format!(
+            "`{}` works on the latest answer in a channel the bot answers in.",
+            control.name()
+        )),
         Command::Reset => {
             store.reset_channel(channel)?;
             public("Done: the conversation starts fresh from here. Earlier messages are no longer sent to the model.".into())
@@ -573,6 +595,12 @@ mod tests {
             )))
         );
         assert_eq!(parse("reset"), Ok(Command::Reset));
+        assert_eq!(parse("Stop"), Ok(Command::Control(Control::Stop)));
+        assert_eq!(
+            parse("regenerate"),
+            Ok(Command::Control(Control::Regenerate))
+        );
+        assert_eq!(parse("continue"), Ok(Command::Control(Control::Continue)));
         assert!(
             parse("dance")
                 .unwrap_err()

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::platform::{ChannelKey, Speaker};
+use crate::core::boundary::{ChannelKey, Speaker};
 
 /// Automated questions answered in a row before the channel pauses.
 pub const MAX_AUTOMATED_TURNS: u32 = 3;

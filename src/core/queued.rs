@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use super::pacing::{Paced, Priority};
-use crate::platform::{ChannelKey, MessageId, OutMessage};
+use crate::core::boundary::{ChannelKey, MessageId, OutMessage};
 use crate::store::{InflightReply, Store};
 
 /// A question still waiting after this long shows typing.
@@ -120,6 +120,7 @@ impl QueuedQuestion {
                     .map_or(0, |elapsed| elapsed.as_millis() as i64),
                 messages: vec![sent.clone()],
                 last_text: text.clone(),
+                turn: None,
             };
             if let Err(err) = store.put_inflight(&record) {
                 tracing::warn!(%err, "cannot record the queued note");

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{
-    ChannelKey, Limits, MessageId, OutMessage, Outbound, PlannedCall, PlatformError, RateScope,
+use crate::core::boundary::{
+    ChannelKey, Control, ControlStyle, Limits, MessageId, OutMessage, Outbound, PlannedCall,
+    PlatformError, RateScope,
 };
 use crate::core::pacing::{Permit, RequestRate};
 use crate::core::render::split::{LengthUnit, measure};
@@ -23,6 +24,8 @@ pub enum CallKind {
     Send,
     Edit,
     Typing,
+    /// Buttons set, a reaction made or taken back.
+    Controls,
 }
 
 /// One call the core made.
@@ -49,6 +52,9 @@ pub struct ShownMessage {
     pub private: bool,
     pub edits: u32,
     pub sent_at: Instant,
+    /// The controls it offers: its buttons (a message still being written carries stop, as
+    /// on Discord), or the bot's reactions on it.
+    pub controls: Vec<Control>,
 }
 
 /// A homeserver's limit on the account, as Synapse keeps it: a bucket that drains at `rate`
@@ -74,6 +80,9 @@ struct State {
     account: Option<AccountLimit>,
     limited_bot: usize,
     limited_channel: usize,
+    /// Reactions the bot made: reaction id → (message, control).
+    reactions: HashMap<MessageId, (MessageId, Control)>,
+    reactions_made: usize,
 }
 
 /// Called with every call as it happens.
@@ -85,6 +94,7 @@ pub struct MemoryPlatform {
     limits: Limits,
     /// Typing does not count against the bot's limit (a homeserver's message limiter).
     typing_exempt: bool,
+    control_style: ControlStyle,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     id_prefix: String,
@@ -96,6 +106,7 @@ impl MemoryPlatform {
         MemoryPlatform {
             limits,
             typing_exempt: false,
+            control_style: ControlStyle::Buttons,
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(Notify::new()),
             id_prefix: String::new(),
@@ -106,6 +117,12 @@ impl MemoryPlatform {
     /// Message ids start with `prefix`, so two platforms (two processes) never reuse one.
     pub fn with_id_prefix(mut self, prefix: &str) -> Self {
         self.id_prefix = prefix.to_owned();
+        self
+    }
+
+    /// Shows controls as `style` does (buttons by default).
+    pub fn with_control_style(mut self, style: ControlStyle) -> Self {
+        self.control_style = style;
         self
     }
 
@@ -125,6 +142,7 @@ impl MemoryPlatform {
             private: false,
             edits: 0,
             sent_at: Instant::now(),
+            controls: Vec::new(),
         });
     }
 
@@ -345,6 +363,45 @@ impl MemoryPlatform {
         Ok(())
     }
 
+    /// The buttons a message sent or edited with `live` shows.
+    fn live_buttons(&self, live: bool) -> Vec<Control> {
+        if live && self.control_style == ControlStyle::Buttons {
+            vec![Control::Stop]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Records a controls call on `message`, if the platform takes it now.
+    fn controls_call(
+        &self,
+        state: &mut State,
+        channel: &ChannelKey,
+        message: &MessageId,
+        text: String,
+    ) -> Result<(), PlatformError> {
+        let now = Instant::now();
+        let exists = state.messages.iter().any(|shown| &shown.id == message);
+        let result = if exists {
+            self.admit(state, channel, now, false)
+        } else {
+            Err(PlatformError::Failed {
+                detail: format!("no message {}", message.0),
+            })
+        };
+        let call = Call {
+            at: now,
+            kind: CallKind::Controls,
+            channel: channel.clone(),
+            message: Some(message.clone()),
+            text,
+            live: false,
+            accepted: result.is_ok(),
+        };
+        self.record(state, call);
+        result
+    }
+
     fn check_length(&self, text: &str) -> Result<(), PlatformError> {
         let length = measure(text, self.limits.length_unit);
         if length > self.limits.max_message_len {
@@ -428,6 +485,7 @@ impl Outbound for MemoryPlatform {
             private: message.private,
             edits: 0,
             sent_at: now,
+            controls: self.live_buttons(message.live),
         });
         drop(state);
         self.changed.notify_waiters();
@@ -464,9 +522,13 @@ impl Outbound for MemoryPlatform {
         };
         self.record(&mut state, call);
         result?;
+        let buttons = self.live_buttons(live);
         if let Some(message) = state.messages.iter_mut().find(|message| &message.id == id) {
             message.text = text.to_owned();
             message.edits += 1;
+            if self.control_style == ControlStyle::Buttons {
+                message.controls = buttons;
+            }
         }
         drop(state);
         self.changed.notify_waiters();
@@ -488,5 +550,76 @@ impl Outbound for MemoryPlatform {
         };
         self.record(&mut state, call);
         result
+    }
+
+    fn control_style(&self) -> ControlStyle {
+        self.control_style
+    }
+
+    async fn set_buttons(
+        &self,
+        _permit: Permit,
+        channel: &ChannelKey,
+        message: &MessageId,
+        controls: &[Control],
+    ) -> Result<(), PlatformError> {
+        let mut state = self.lock();
+        let names: Vec<&str> = controls.iter().map(|control| control.name()).collect();
+        self.controls_call(&mut state, channel, message, names.join(","))?;
+        if let Some(shown) = state.messages.iter_mut().find(|shown| &shown.id == message) {
+            shown.controls = controls.to_vec();
+        }
+        drop(state);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn react(
+        &self,
+        _permit: Permit,
+        channel: &ChannelKey,
+        message: &MessageId,
+        control: Control,
+    ) -> Result<MessageId, PlatformError> {
+        let mut state = self.lock();
+        self.controls_call(&mut state, channel, message, format!("+{}", control.name()))?;
+        state.reactions_made += 1;
+        let id = MessageId(format!("{}r{}", self.id_prefix, state.reactions_made));
+        state
+            .reactions
+            .insert(id.clone(), (message.clone(), control));
+        if let Some(shown) = state.messages.iter_mut().find(|shown| &shown.id == message) {
+            shown.controls.push(control);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+        Ok(id)
+    }
+
+    async fn unreact(
+        &self,
+        _permit: Permit,
+        channel: &ChannelKey,
+        reaction: &MessageId,
+    ) -> Result<(), PlatformError> {
+        let mut state = self.lock();
+        let Some((message, control)) = state.reactions.get(reaction).cloned() else {
+            return Err(PlatformError::Failed {
+                detail: format!("no reaction {}", reaction.0),
+            });
+        };
+        self.controls_call(
+            &mut state,
+            channel,
+            &message,
+            format!("-{}", control.name()),
+        )?;
+        state.reactions.remove(reaction);
+        if let Some(shown) = state.messages.iter_mut().find(|shown| shown.id == message) {
+            shown.controls.retain(|have| *have != control);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+        Ok(())
     }
 }

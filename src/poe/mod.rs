@@ -5,6 +5,7 @@
 //! the client-side rate limit shared by every conversation, and timeouts. The API key lives
 //! here and nowhere else; it never appears in an error or a log line.
 
+mod config;
 mod error;
 mod event;
 mod lenient;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use tokio::time::timeout;
 
+pub use config::{ModelConfig, PoeConfig};
 pub use error::{PoeError, TimeoutPhase};
 pub use event::{FinishReason, OutputFile, PoeEvent, Usage};
 pub use models::{ModelInfo, ModelList, ParameterSpec, Pricing};
@@ -34,7 +36,6 @@ pub use sse::{SseDecoder, SseEvent};
 pub use stream::ReplyStream;
 pub use usage::{Balance, HistoryEntry, HistoryPage};
 
-use crate::config::PoeConfig;
 use crate::secret::Secret;
 use rate_limit::RateLimiter;
 

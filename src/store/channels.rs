@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Store, StoreError, channel_prefix, decode, encode};
-use crate::platform::ChannelKey;
+use crate::core::boundary::ChannelKey;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChannelSettings {

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::answers::AnswerRecord;
 use super::{Store, StoreError, decode, encode};
-use crate::platform::{ChannelKey, MessageId};
+use crate::core::boundary::{ChannelKey, MessageId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InflightReply {
@@ -18,6 +19,30 @@ pub struct InflightReply {
     pub messages: Vec<MessageId>,
     /// What the last message shows.
     pub last_text: String,
+    /// What kind of turn it is, and the answer it makes or works on as it stood before the
+    /// turn, so recovery can record what the turn got to (older records have none).
+    #[serde(default)]
+    pub turn: Option<TurnInFlight>,
+}
+
+/// The conversation-control side of a reply in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnInFlight {
+    pub mode: TurnMode,
+    /// The answer before this turn (a new question: the answer being started).
+    pub answer: AnswerRecord,
+    /// The answer's new text so far (for a continued answer, the added text).
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TurnMode {
+    /// A new question.
+    Ask,
+    /// The question asked again (after an edit, with its new text).
+    Regenerate,
+    /// The answer carried on.
+    Continue,
 }
 
 impl Store {

@@ -5,6 +5,7 @@
 //! Opening a store that another process holds, or one a newer poe-relay wrote, fails with a
 //! message that says what to do.
 
+mod answers;
 mod channels;
 mod history;
 mod inflight;
@@ -16,12 +17,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use answers::{AnswerRecord, Cut, KeptFile};
 pub use channels::ChannelSettings;
 pub use history::{Turn, TurnRole};
-pub use inflight::InflightReply;
+pub use inflight::{InflightReply, TurnInFlight, TurnMode};
 pub use ledger::{LedgerEntry, LedgerState, UserBudget};
 
-use crate::platform::ChannelKey;
+use crate::core::boundary::ChannelKey;
 
 /// The layout this build writes. Bump it, and add a migration in [`Store::open`], whenever
 /// the meaning of a stored byte changes.
@@ -76,6 +78,8 @@ pub struct Store {
     claimed_queries: sled::Tree,
     inflight: sled::Tree,
     seen: sled::Tree,
+    answers: sled::Tree,
+    answer_index: sled::Tree,
 }
 
 impl Store {
@@ -107,6 +111,8 @@ impl Store {
             claimed_queries: db.open_tree("claimed_queries")?,
             inflight: db.open_tree("inflight")?,
             seen: db.open_tree("seen")?,
+            answers: db.open_tree("answers")?,
+            answer_index: db.open_tree("answer_index")?,
             flusher: std::sync::Arc::default(),
             db,
         };
@@ -146,9 +152,10 @@ impl Store {
         Ok(())
     }
 
-    /// A fresh unique, increasing id.
+    /// A fresh unique, increasing id, never 0 (sled's first is 0, and turn 0 would sort at
+    /// a channel's reset watermark, outside every context).
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        Ok(self.db.generate_id()? + 1)
     }
 }
 

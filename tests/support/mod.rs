@@ -146,7 +146,7 @@ pub fn core_with(
     let dir = tempfile::tempdir().expect("tempdir");
     let store = poe_relay::store::Store::open(dir.path()).expect("store");
     let poe = PoeClient::new(config.poe.clone(), Secret::new(KEY)).expect("client");
-    let services = poe_relay::core::manager::Services::new(config, poe, store.clone());
+    let services = poe_relay::core::services::Services::new(config, poe, store.clone());
     CoreSetup {
         manager: poe_relay::core::manager::Manager::new(services),
         platform,
@@ -159,7 +159,7 @@ pub fn core_with(
 pub fn quick_platform() -> poe_relay::platform::memory::MemoryPlatform {
     use poe_relay::core::render::split::LengthUnit;
     use std::time::Duration;
-    poe_relay::platform::memory::MemoryPlatform::new(poe_relay::platform::Limits {
+    poe_relay::platform::memory::MemoryPlatform::new(poe_relay::core::boundary::Limits {
         max_message_len: 2000,
         length_unit: LengthUnit::Chars,
         min_edit_interval: Duration::from_millis(50),
@@ -173,29 +173,34 @@ pub fn quick_platform() -> poe_relay::platform::memory::MemoryPlatform {
 
 static EVENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-pub fn message(channel: &str, user: &str, text: &str) -> poe_relay::platform::Inbound {
-    poe_relay::platform::Inbound {
-        channel: poe_relay::platform::ChannelKey::new("memory", channel),
+pub fn message(channel: &str, user: &str, text: &str) -> poe_relay::core::boundary::Inbound {
+    poe_relay::core::boundary::Inbound {
+        channel: poe_relay::core::boundary::ChannelKey::new("memory", channel),
         user_id: user.to_owned(),
         user_name: user.to_owned(),
-        speaker: poe_relay::platform::Speaker::Person,
+        speaker: poe_relay::core::boundary::Speaker::Person,
         is_admin: false,
         is_bot_admin: false,
         is_group: false,
-        invocation: poe_relay::platform::Invocation::Message,
+        invocation: poe_relay::core::boundary::Invocation::Message,
         text: text.to_owned(),
         attachments: Vec::new(),
         event_id: format!(
             "e{}",
             EVENT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         ),
-        timestamp_ms: poe_relay::core::manager::now_ms(),
+        timestamp_ms: poe_relay::core::services::now_ms(),
     }
 }
 
-pub fn command(channel: &str, user: &str, admin: bool, text: &str) -> poe_relay::platform::Inbound {
+pub fn command(
+    channel: &str,
+    user: &str,
+    admin: bool,
+    text: &str,
+) -> poe_relay::core::boundary::Inbound {
     let mut inbound = message(channel, user, text);
-    inbound.invocation = poe_relay::platform::Invocation::Command;
+    inbound.invocation = poe_relay::core::boundary::Invocation::Command;
     inbound.is_admin = admin;
     inbound.is_bot_admin = admin;
     inbound

@@ -21,9 +21,10 @@ use tokio::time::Instant;
 use super::bench_poe::{self, KEY};
 use super::{PlatformModel, cpu_seconds, limits, memory_kb, unix_us};
 use poe_relay::config::Config;
-use poe_relay::core::manager::{Manager, Services, now_ms};
+use poe_relay::core::boundary::{ChannelKey, Inbound, Invocation, Outbound};
+use poe_relay::core::manager::Manager;
+use poe_relay::core::services::{Services, now_ms};
 use poe_relay::platform::memory::{Call, CallKind, MemoryPlatform};
-use poe_relay::platform::{ChannelKey, Inbound, Invocation, Outbound};
 use poe_relay::poe::PoeClient;
 use poe_relay::secret::Secret;
 use poe_relay::store::Store;
@@ -244,7 +245,7 @@ pub async fn run(options: Options) -> Result<()> {
             channel: ChannelKey::new("memory", &format!("c{index}")),
             user_id: format!("u{index}"),
             user_name: format!("user {index}"),
-            speaker: poe_relay::platform::Speaker::Person,
+            speaker: poe_relay::core::boundary::Speaker::Person,
             is_admin: false,
             is_bot_admin: false,
             is_group: false,

@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use poe_relay::core::boundary::Limits;
 use poe_relay::core::render::split::LengthUnit;
-use poe_relay::platform::Limits;
 
 #[derive(Parser)]
 #[command(

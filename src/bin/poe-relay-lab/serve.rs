@@ -13,9 +13,10 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 use poe_relay::config::Config;
-use poe_relay::core::manager::{Manager, Services, now_ms};
+use poe_relay::core::boundary::{ChannelKey, Inbound, Invocation, MessageId, Outbound};
+use poe_relay::core::manager::Manager;
+use poe_relay::core::services::{Services, now_ms};
 use poe_relay::platform::memory::{Call, CallKind, MemoryPlatform};
-use poe_relay::platform::{ChannelKey, Inbound, Invocation, MessageId, Outbound};
 use poe_relay::poe::PoeClient;
 use poe_relay::secret::{self, ProcessEnv};
 use poe_relay::store::Store;
@@ -133,7 +134,7 @@ pub async fn serve(
             channel: ChannelKey::new("memory", &input.channel),
             user_id: input.user.clone(),
             user_name: input.user,
-            speaker: poe_relay::platform::Speaker::Person,
+            speaker: poe_relay::core::boundary::Speaker::Person,
             is_admin: false,
             is_bot_admin: false,
             is_group: false,

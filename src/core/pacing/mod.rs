@@ -25,11 +25,11 @@ use tokio::time::Instant;
 
 pub use self::channel::ChannelPacer;
 pub use self::scheduler::{BusyStats, Level, Priority, RequestBudget, RequestRate};
-use crate::metrics::Metrics;
-use crate::platform::{
-    ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlannedCall, PlatformError,
-    RateScope,
+use crate::core::boundary::{
+    ChannelKey, Control, ControlStyle, Limits, MessageId, OutFile, OutMessage, Outbound,
+    PlannedCall, PlatformError, RateScope,
 };
+use crate::metrics::Metrics;
 
 /// Leave to make one platform call. Only [`Paced`] makes them, once the call's turn has come.
 #[derive(Debug)]
@@ -210,6 +210,67 @@ impl Paced {
             .await
             .send_file(file, reply_to)
             .await
+    }
+
+    /// How the platform shows an answer's controls.
+    pub fn control_style(&self) -> ControlStyle {
+        self.out.control_style()
+    }
+
+    /// Sets the buttons on `message` once its turn comes.
+    pub async fn set_buttons(
+        &self,
+        channel: &ChannelKey,
+        message: &MessageId,
+        controls: &[Control],
+    ) -> Result<(), PlatformError> {
+        self.turn(
+            channel,
+            PlannedCall::Controls { on: message },
+            Priority::Urgent,
+        )
+        .await
+        .make("controls", |out, permit, channel| {
+            out.set_buttons(permit, channel, message, controls)
+        })
+        .await
+    }
+
+    /// Reacts to `message` to offer `control` once its turn comes.
+    pub async fn react(
+        &self,
+        channel: &ChannelKey,
+        message: &MessageId,
+        control: Control,
+    ) -> Result<MessageId, PlatformError> {
+        self.turn(
+            channel,
+            PlannedCall::Controls { on: message },
+            Priority::Urgent,
+        )
+        .await
+        .make("controls", |out, permit, channel| {
+            out.react(permit, channel, message, control)
+        })
+        .await
+    }
+
+    /// Takes back a reaction once its turn comes.
+    pub async fn unreact(
+        &self,
+        channel: &ChannelKey,
+        reaction: &MessageId,
+    ) -> Result<(), PlatformError> {
+        self.turn(
+            channel,
+            PlannedCall::Controls { on: reaction },
+            Priority::Urgent,
+        )
+        .await
+        .make("controls", |out, permit, channel| {
+            out.unreact(permit, channel, reaction)
+        })
+        .await
     }
 
     /// Shows typing in `channel`, unless the budget is too busy for it (typing is the first

@@ -161,6 +161,15 @@ pub fn open_fence_closer(text: &str) -> Option<String> {
     tracker.open.map(|fence| fence.close(text))
 }
 
+/// The line that reopens the code fence `text` ends inside ("```rust\n"), so text that
+/// carries on in a new message (a continued answer) stays code; `None` when every fence in
+/// it is closed.
+pub fn open_fence_opener(text: &str) -> Option<String> {
+    let mut tracker = Tracker::default();
+    tracker.lines(text);
+    tracker.open.map(|fence| format!("{}\n", fence.line))
+}
+
 /// Kinds of boundary, most preferred first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -968,6 +977,17 @@ mod tests {
             used += measure(c.encode_utf8(&mut [0; 4]), unit);
         }
         full.len()
+    }
+
+    #[test]
+    fn text_that_ends_inside_a_fence_is_reopened_by_its_opening_line() {
+        assert_eq!(
+            open_fence_opener("Here:\n```rust\nfn main() {").as_deref(),
+            Some("```rust\n")
+        );
+        assert_eq!(open_fence_opener("~~~~\ncode").as_deref(), Some("~~~~\n"));
+        assert_eq!(open_fence_opener("```\ndone\n```\nafter"), None);
+        assert_eq!(open_fence_opener("plain"), None);
     }
 
     #[test]

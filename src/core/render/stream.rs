@@ -25,8 +25,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::split::{Part, measure, open_fence_closer, split};
+use crate::core::boundary::{
+    ChannelKey, Limits, MessageId, OutMessage, PlannedCall, PlatformError,
+};
 use crate::core::pacing::{Paced, Priority};
-use crate::platform::{ChannelKey, Limits, MessageId, OutMessage, PlannedCall, PlatformError};
 
 /// How an answer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,11 @@ pub enum Ending {
     Complete,
     /// The answer stopped early; the notice says why and follows the partial text.
     Failed {
+        notice: String,
+    },
+    /// The answer was cut on purpose (stopped, or the model's length limit); the notice
+    /// follows the partial text as it is, without a warning sign.
+    Cut {
         notice: String,
     },
 }
@@ -116,9 +123,10 @@ pub struct Target {
     pub paced: Paced,
     pub channel: ChannelKey,
     pub reply_to: Option<String>,
-    /// A message already in the chat that the answer takes over (the note that said the
-    /// question was queued), with its text.
-    pub placeholder: Option<(MessageId, String)>,
+    /// Messages already in the chat that the answer takes over, with their texts: the note
+    /// that said the question was queued, or the answer a regenerated one replaces. Those
+    /// the new answer does not need end up showing "…".
+    pub placeholders: Vec<(MessageId, String)>,
 }
 
 impl Renderer {
@@ -202,8 +210,12 @@ fn desired(text: &str, ending: Option<&Ending>, limits: &Limits) -> Vec<String> 
         .iter()
         .map(Part::render)
         .collect();
-    if let Some(Ending::Failed { notice }) = ending {
-        let notice = format!("⚠️ {notice}");
+    let notice = match ending {
+        Some(Ending::Failed { notice }) => Some(format!("⚠️ {notice}")),
+        Some(Ending::Cut { notice }) => Some(notice.clone()),
+        _ => None,
+    };
+    if let Some(notice) = notice {
         match parts.last_mut() {
             Some(last)
                 if measure(last, limits.length_unit) + 2 + measure(&notice, limits.length_unit)
@@ -309,7 +321,7 @@ async fn render(
     let limits = target.paced.limits().clone();
     let mut report = RenderReport::default();
     let mut shown: Vec<Shown> = Vec::new();
-    if let Some((id, text)) = &target.placeholder {
+    for (id, text) in &target.placeholders {
         report.messages.push(id.clone());
         shown.push(Shown {
             id: id.clone(),

@@ -22,12 +22,12 @@ use super::outbound::DiscordOutbound;
 use super::slash::{self, Request};
 use super::trigger::{self, Addressing};
 use crate::config::DiscordConfig;
+use crate::core::boundary::{
+    ChannelKey, Inbound, InboundFile, Invocation, Outbound, PlatformError, RateScope, Speaker,
+};
 use crate::core::manager::{Disposition, Manager};
 use crate::lanes::{self, Lanes};
-use crate::platform::{
-    ChannelKey, Inbound, InboundFile, Invocation, Outbound, PlatformError, RateScope, Speaker,
-    download,
-};
+use crate::platform::download;
 use crate::poe::FileSource;
 
 /// The platform name in channel keys and ledger entries.

@@ -6,7 +6,7 @@
 //! serenity itself resumes or re-identifies after RECONNECT, INVALID_SESSION or a dropped
 //! socket; what a resume replays is dropped by event id in the core.
 //!
-//! [`Inbound`]: crate::platform::Inbound
+//! [`Inbound`]: crate::core::boundary::Inbound
 
 pub mod access;
 pub mod admins;

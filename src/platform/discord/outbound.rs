@@ -18,13 +18,13 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use serenity::all::{ChannelId, CreateAttachment, Http, HttpError, MessageId as DiscordMessageId};
 
-use crate::core::pacing::{Permit, RequestRate};
-use crate::core::render::split::LengthUnit;
-use crate::platform::download;
-use crate::platform::{
+use crate::core::boundary::{
     ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlannedCall, PlatformError,
     RateScope,
 };
+use crate::core::pacing::{Permit, RequestRate};
+use crate::core::render::split::LengthUnit;
+use crate::platform::download;
 
 /// Discord's limit, in Unicode scalar values.
 pub const MAX_MESSAGE_CHARS: usize = 2000;
@@ -299,7 +299,7 @@ impl Outbound for DiscordOutbound {
             PlannedCall::Send { reply_to, private } => {
                 self.answered_by_webhook(*reply_to, *private)
             }
-            PlannedCall::Edit(message) => {
+            PlannedCall::Edit(message) | PlannedCall::Controls { on: message } => {
                 matches!(address(message), Ok(Address::Interaction { .. }))
             }
             PlannedCall::File { reply_to } => self.answered_by_webhook(*reply_to, false),

@@ -45,6 +45,9 @@ pub fn definition() -> Value {
                 text("text", "The new system prompt, or `clear`", false),
             ])),
             sub("reset", "Forget this channel's conversation so far", json!([])),
+            sub("stop", "Stop the answer being written here (its asker, admins)", json!([])),
+            sub("regenerate", "Ask the latest question here again for a new answer", json!([])),
+            sub("continue", "Get the rest of the latest answer here, if it was cut off", json!([])),
             sub("balance", "The Poe account's points and top spenders (admins)", json!([])),
             sub("budget", "Set a user's points per period (bot admins)", json!([
                 {"type": 6, "name": "user", "description": "Whose budget", "required": true},
@@ -108,6 +111,7 @@ impl Request {
                 Err(_)
                 | Ok(
                     Command::Help
+                    | Command::Control(_)
                     | Command::Usage { .. }
                     | Command::Balance
                     | Command::Budget { .. },
@@ -217,6 +221,8 @@ mod tests {
                 Request::Command("usage here".into()),
             ),
             ("reset", vec![], Request::Command("reset".into())),
+            ("stop", vec![], Request::Command("stop".into())),
+            ("continue", vec![], Request::Command("continue".into())),
             ("help", vec![], Request::Command("help".into())),
             (
                 "budget",
@@ -300,6 +306,7 @@ mod tests {
             (Request::Command("help".into()), true),
             (Request::Command("models".into()), false),
             (Request::Command("reset".into()), false),
+            (Request::Command("regenerate".into()), true),
             (Request::Command("dance".into()), true),
             (Request::Command("budget 7 lots".into()), true),
             (Request::Invalid("no".into()), true),

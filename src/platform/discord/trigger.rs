@@ -5,7 +5,7 @@
 //! message in a DM. The bot's mention is taken out of the question; mentions of other people
 //! become `@name`, which is what the model can make sense of.
 
-use crate::platform::Invocation;
+use crate::core::boundary::Invocation;
 
 /// What Discord says about a message, beyond its text.
 #[derive(Debug, Clone, Default)]

@@ -30,10 +30,11 @@ use super::lock;
 use super::outbound::{MatrixOutbound, platform_error};
 use super::trigger::{Addressing, BotNames, classify, strip_reply_fallback};
 use crate::config::{MatrixAccess, MatrixConfig};
-use crate::core::manager::{Manager, now_ms};
+use crate::core::boundary::{ChannelKey, Inbound, InboundFile, Invocation, Outbound, Speaker};
+use crate::core::manager::Manager;
 use crate::core::pacing::Paced;
+use crate::core::services::now_ms;
 use crate::lanes::{self, Lanes};
-use crate::platform::{ChannelKey, Inbound, InboundFile, Invocation, Outbound, Speaker};
 use crate::poe::FileSource;
 
 /// The platform name in channel keys and ledger entries.
@@ -313,7 +314,7 @@ impl Receiver {
             event_id: event.event_id.to_string(),
             timestamp_ms: i64::from(event.origin_server_ts.0),
         };
-        if invocation == Invocation::Message {
+        if inbound.invocation == Invocation::Message {
             let file = match (own_file, &replied_to) {
                 (Some(file), _) => Some(file),
                 (None, Some(replied_to)) => match room.event(replied_to, None).await {

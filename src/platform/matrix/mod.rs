@@ -5,7 +5,7 @@
 //! sync without handlers (so nothing sent while the bot was away is answered), answer
 //! pending invites, then sync until the shutdown signal with the handlers installed.
 //!
-//! [`Inbound`]: crate::platform::Inbound
+//! [`Inbound`]: crate::core::boundary::Inbound
 
 pub mod content;
 pub mod inbound;

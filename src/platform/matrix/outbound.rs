@@ -26,13 +26,13 @@ use serde_json::{Value, json};
 
 use super::content::{self, Relation, SEND_LIMIT_BYTES};
 use super::lock;
-use crate::core::pacing::{Permit, RequestRate};
-use crate::core::render::split::LengthUnit;
-use crate::platform::download;
-use crate::platform::{
+use crate::core::boundary::{
     ChannelKey, Limits, MessageId, OutFile, OutMessage, Outbound, PlannedCall, PlatformError,
     RateScope,
 };
+use crate::core::pacing::{Permit, RequestRate};
+use crate::core::render::split::LengthUnit;
+use crate::platform::download;
 
 /// Longest message, in UTF-8 bytes. An edit carries the text twice plus its HTML, and
 /// encryption adds a third; this keeps every event well under Matrix's 64 KiB.

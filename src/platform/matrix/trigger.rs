@@ -4,8 +4,8 @@
 //! `!poe <sub>` and `/poe <sub>` are commands; `!poe <question>`, a mention of the bot, its
 //! name at the start of the message, or any message in a one-to-one room is a question.
 
+use crate::core::boundary::Invocation;
 use crate::core::commands::is_subcommand;
-use crate::platform::Invocation;
 
 /// Who the bot is, as people write it.
 #[derive(Debug, Clone)]

@@ -72,7 +72,7 @@ fn check(
         addressed,
         "a message not for the bot was taken: {content:?}"
     );
-    match invocation {
+    match &invocation {
         Invocation::Command => {
             assert_eq!(question, "help");
             assert!(!has_files);
@@ -96,6 +96,7 @@ fn check(
                 "an empty question: {content:?}"
             );
         }
+        other => panic!("a message's trigger gave {other:?}"),
     }
     if !content.contains("<@") && invocation == Invocation::Message {
         assert_eq!(question, content.trim());

@@ -105,6 +105,7 @@ fn arbitrary_case(
         None => {
             prop_assert!(!addressing.mentions_bot && !addressing.is_direct);
         }
+        Some((other, _)) => prop_assert!(false, "a message's trigger gave {:?}", other),
     }
     if got.is_some() && !addressing.mentions_bot && !addressing.is_direct {
         // Taken in a group only when it starts with the prefix or one of the bot's names.
