@@ -10,17 +10,23 @@ use std::time::Duration;
 
 use serde_json::json;
 use serenity::all::{
-    ApplicationId, Channel, ChannelId, ChannelType, ClientBuilder, Command, CommandDataOptionValue,
-    CommandOptionType, Context, CreateAllowedMentions, CreateAttachment, CreateCommand,
-    CreateCommandOption, CreateInteractionResponse, CreateInteractionResponseMessage,
-    CreateMessage, EditInteractionResponse, EditMessage, EventHandler, GatewayIntents, Http,
-    HttpBuilder, HttpError, Interaction, InteractionId, Message, MessageUpdateEvent,
-    PartialChannel, Ready, ShardManager,
+    ActionRow, ActionRowComponent, ApplicationId, ButtonKind, ButtonStyle, Channel, ChannelId,
+    ChannelType, ClientBuilder, Command, CommandDataOptionValue, CommandOptionType,
+    ComponentInteraction, ComponentInteractionDataKind, Context, CreateAllowedMentions,
+    CreateAttachment, CreateCommand, CreateCommandOption, CreateInteractionResponseFollowup,
+    EditInteractionResponse, EventHandler, GatewayIntents, Http, HttpBuilder, HttpError,
+    Interaction, InteractionId, Message, MessageId, MessageType, MessageUpdateEvent,
+    PartialChannel, ReactionType, Ready, ShardManager,
+};
+use serenity::builder::{
+    Builder, CreateActionRow, CreateButton, CreateInteractionResponse,
+    CreateInteractionResponseMessage, CreateMessage, EditMessage,
 };
 use tokio::sync::mpsc;
 
 use support::fake_discord::{
-    FAKE_CATEGORY, FakeDiscord, FakeDiscordOptions, FakeUser, IncomingCommand, IncomingMessage,
+    FAKE_CATEGORY, FakeDiscord, FakeDiscordOptions, FakeUser, IncomingClick, IncomingCommand,
+    IncomingMessage,
 };
 
 const GUILD: u64 = 900_000_000_000_000_001;
@@ -29,6 +35,10 @@ const OTHER_CHANNEL: u64 = 900_000_000_000_000_003;
 
 fn alice() -> FakeUser {
     FakeUser::new(800_000_000_000_000_001, "alice")
+}
+
+fn bob() -> FakeUser {
+    FakeUser::new(800_000_000_000_000_002, "bob")
 }
 
 /// What the test bot did, reported to the test.
@@ -58,6 +68,25 @@ enum Report {
         defer: Result<(), String>,
         edit: Result<(), String>,
     },
+    /// A button click as serenity delivered it, and how the bot answered.
+    Clicked {
+        interaction_id: u64,
+        custom_id: String,
+        is_button: bool,
+        message_id: u64,
+        /// The clicked message's buttons as serenity read them from the interaction.
+        message_buttons: Vec<String>,
+        user_id: u64,
+        guild_id: Option<u64>,
+        /// `member.permissions` (guild clicks only).
+        permissions: Option<u64>,
+        roles: Vec<u64>,
+        response: Result<(), String>,
+        /// After an acknowledgement ("ack"): the `@original` edit (the message id and buttons
+        /// it returned) and a follow-up with a button.
+        edited: Option<Result<(u64, Vec<String>), String>>,
+        followup: Option<Result<u64, String>>,
+    },
 }
 
 /// A minimal serenity bot: registers `/poe`, answers "hello" with a reply and an edit,
@@ -77,6 +106,32 @@ struct Echoes {
     created: Vec<(u64, String, Option<u64>)>,
     /// (id, content)
     updated: Vec<(u64, Option<String>)>,
+    /// The buttons (custom ids) of each created message, as serenity read them.
+    created_buttons: Vec<(u64, Vec<String>)>,
+    /// Every MESSAGE_UPDATE, users' edits and unfurls included, as serenity read it.
+    events: Vec<MessageUpdateEvent>,
+}
+
+/// The custom ids of serenity's action rows, in order (link buttons have none).
+fn button_ids(rows: &[ActionRow]) -> Vec<String> {
+    rows.iter()
+        .flat_map(|row| &row.components)
+        .filter_map(|component| match component {
+            ActionRowComponent::Button(button) => match &button.data {
+                ButtonKind::NonLink { custom_id, .. } => Some(custom_id.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn buttons(ids: &[&str]) -> Vec<CreateActionRow> {
+    vec![CreateActionRow::Buttons(
+        ids.iter()
+            .map(|id| CreateButton::new(*id).label(id.to_uppercase()))
+            .collect(),
+    )]
 }
 
 fn no_mentions() -> CreateAllowedMentions {
@@ -115,11 +170,13 @@ impl EventHandler for TestBot {
         if msg.author.bot {
             // Discord echoes the bot's own messages.
             let reference = msg.referenced_message.as_ref().map(|m| m.id.get());
-            self.echoes.lock().unwrap().created.push((
-                msg.id.get(),
-                msg.content.clone(),
-                reference,
-            ));
+            let mut echoes = self.echoes.lock().unwrap();
+            echoes
+                .created
+                .push((msg.id.get(), msg.content.clone(), reference));
+            echoes
+                .created_buttons
+                .push((msg.id.get(), button_ids(&msg.components)));
             return;
         }
         self.seen
@@ -232,16 +289,16 @@ impl EventHandler for TestBot {
         _new: Option<Message>,
         event: MessageUpdateEvent,
     ) {
-        self.echoes
-            .lock()
-            .unwrap()
-            .updated
-            .push((event.id.get(), event.content));
+        let mut echoes = self.echoes.lock().unwrap();
+        echoes.events.push(event.clone());
+        echoes.updated.push((event.id.get(), event.content));
     }
 
     async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
-        let Interaction::Command(command) = interaction else {
-            return;
+        let command = match interaction {
+            Interaction::Command(command) => command,
+            Interaction::Component(component) => return self.clicked(ctx, component).await,
+            _ => return,
         };
         let defer = command
             .create_response(
@@ -278,6 +335,76 @@ impl EventHandler for TestBot {
             question,
             defer,
             edit,
+        });
+    }
+}
+
+impl TestBot {
+    /// Answers a click by its custom id: "update" with UPDATE_MESSAGE (new content, one
+    /// "again" button), "ack" with DEFERRED_UPDATE_MESSAGE then an `@original` edit and a
+    /// follow-up, anything else with an ephemeral refusal (type 4).
+    async fn clicked(&self, ctx: Context, component: ComponentInteraction) {
+        let custom_id = component.data.custom_id.clone();
+        let (mut edited, mut followup) = (None, None);
+        let response = match custom_id.as_str() {
+            "update" => CreateInteractionResponse::UpdateMessage(
+                CreateInteractionResponseMessage::new()
+                    .content("Updated")
+                    .components(buttons(&["again"]))
+                    .allowed_mentions(no_mentions()),
+            ),
+            "ack" => CreateInteractionResponse::Acknowledge,
+            _ => CreateInteractionResponse::Message(
+                CreateInteractionResponseMessage::new()
+                    .content("Only the asker may use these buttons")
+                    .ephemeral(true)
+                    .allowed_mentions(no_mentions()),
+            ),
+        };
+        let response = component
+            .create_response(&ctx.http, response)
+            .await
+            .map_err(|err| err.to_string());
+        if custom_id == "ack" && response.is_ok() {
+            let edit = EditInteractionResponse::new()
+                .content("Working on it")
+                .allowed_mentions(no_mentions());
+            edited = Some(
+                component
+                    .edit_response(&ctx.http, edit)
+                    .await
+                    .map(|message| (message.id.get(), button_ids(&message.components)))
+                    .map_err(|err| err.to_string()),
+            );
+            let more = CreateInteractionResponseFollowup::new()
+                .content("Still working")
+                .ephemeral(true)
+                .components(buttons(&["cancel"]))
+                .allowed_mentions(no_mentions());
+            followup = Some(
+                component
+                    .create_followup(&ctx.http, more)
+                    .await
+                    .map(|message| message.id.get())
+                    .map_err(|err| err.to_string()),
+            );
+        }
+        let member = component.member.as_ref();
+        let _ = self.reports.send(Report::Clicked {
+            interaction_id: component.id.get(),
+            custom_id,
+            is_button: matches!(component.data.kind, ComponentInteractionDataKind::Button),
+            message_id: component.message.id.get(),
+            message_buttons: button_ids(&component.message.components),
+            user_id: component.user.id.get(),
+            guild_id: component.guild_id.map(|guild| guild.get()),
+            permissions: member.and_then(|m| m.permissions).map(|p| p.bits()),
+            roles: member
+                .map(|m| m.roles.iter().map(|role| role.get()).collect())
+                .unwrap_or_default(),
+            response,
+            edited,
+            followup,
         });
     }
 }
@@ -1183,4 +1310,823 @@ async fn channels_are_looked_up_as_serenity_reads_them() {
     let violations = fake.violations();
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].status, 404);
+}
+
+/// The custom ids of a message's buttons, as serenity read them.
+fn rows_of(message: &Message) -> Vec<String> {
+    button_ids(&message.components)
+}
+
+/// The single form error serenity read from a refusal: (status, path, code).
+fn form_error(result: Result<Message, serenity::Error>) -> (u16, String, String) {
+    match result {
+        Err(serenity::Error::Http(HttpError::UnsuccessfulRequest(response))) => {
+            assert_eq!(response.error.code, 50035, "{:?}", response.error);
+            assert_eq!(response.error.message, "Invalid Form Body");
+            assert_eq!(response.error.errors.len(), 1, "{:?}", response.error);
+            let error = &response.error.errors[0];
+            (
+                response.status_code.as_u16(),
+                error.path.clone(),
+                error.code.clone(),
+            )
+        }
+        other => panic!("expected a form error, got {other:?}"),
+    }
+}
+
+/// A bot message with buttons as serenity sends it (`CreateMessage::components` with
+/// `CreateActionRow::Buttons`): the fake keeps the rows and returns them, on REST and in the
+/// gateway echo, where serenity reads them back as its own `ActionRow`s (label, style, emoji,
+/// link button). An edit without components keeps them; `components(vec![])` removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buttons_are_kept_returned_and_edited_away() {
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::connect(&fake).await;
+    bot.ready().await;
+    let http = fake_http(&fake);
+    let channel = ChannelId::new(CHANNEL);
+    let rows = vec![
+        CreateActionRow::Buttons(vec![
+            CreateButton::new("again").label("Again").emoji('🔁'),
+            CreateButton::new("stop")
+                .label("Stop")
+                .style(ButtonStyle::Danger),
+        ]),
+        CreateActionRow::Buttons(vec![CreateButton::new_link("https://poe.com").label("Poe")]),
+    ];
+    let sent = channel
+        .send_message(
+            &http,
+            CreateMessage::new()
+                .content("Pick one")
+                .components(rows)
+                .allowed_mentions(no_mentions()),
+        )
+        .await
+        .expect("a message with buttons");
+    assert_eq!(rows_of(&sent), ["again", "stop"]);
+    assert_eq!(sent.components.len(), 2);
+    let ActionRowComponent::Button(again) = &sent.components[0].components[0] else {
+        panic!("a button: {:?}", sent.components[0]);
+    };
+    assert_eq!(again.label.as_deref(), Some("Again"));
+    assert_eq!(again.emoji, Some(ReactionType::Unicode("🔁".into())));
+    let ActionRowComponent::Button(stop) = &sent.components[0].components[1] else {
+        panic!("a button: {:?}", sent.components[0]);
+    };
+    assert!(matches!(
+        &stop.data,
+        ButtonKind::NonLink {
+            style: ButtonStyle::Danger,
+            ..
+        }
+    ));
+    let ActionRowComponent::Button(link) = &sent.components[1].components[0] else {
+        panic!("a link button: {:?}", sent.components[1]);
+    };
+    assert!(matches!(&link.data, ButtonKind::Link { url } if url == "https://poe.com"));
+
+    let id = sent.id.get();
+    let stored = fake.message(id).expect("stored");
+    assert_eq!(stored.button_ids(), ["again", "stop"]);
+    assert_eq!(stored.buttons().len(), 3);
+    assert_eq!(
+        stored.components[1]["components"][0]["url"],
+        "https://poe.com"
+    );
+    assert_eq!(stored.components[0]["components"][1]["style"], 4);
+    let fetched = http
+        .get_message(channel, sent.id)
+        .await
+        .expect("GET the message");
+    assert_eq!(rows_of(&fetched), ["again", "stop"]);
+    fake.wait_for("the echo of the message with buttons", |_| {
+        let echoes = bot.echoes.lock().unwrap();
+        echoes
+            .created_buttons
+            .iter()
+            .any(|(m, _)| *m == id)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        bot.echoes.lock().unwrap().created_buttons,
+        vec![(id, vec!["again".to_owned(), "stop".to_owned()])],
+        "serenity read the buttons from the gateway echo"
+    );
+
+    // A content edit without `components` keeps them.
+    let mut message = sent;
+    message
+        .edit(
+            &http,
+            EditMessage::new()
+                .content("Pick one (edited)")
+                .allowed_mentions(no_mentions()),
+        )
+        .await
+        .expect("edited");
+    assert_eq!(rows_of(&message), ["again", "stop"]);
+    assert_eq!(fake.message(id).unwrap().button_ids(), ["again", "stop"]);
+    // `components(vec![])` removes them.
+    message
+        .edit(&http, EditMessage::new().components(vec![]))
+        .await
+        .expect("buttons removed");
+    assert!(message.components.is_empty(), "{:?}", message.components);
+    let stored = fake.message(id).unwrap();
+    assert!(stored.button_ids().is_empty());
+    assert_eq!(stored.components, json!([]));
+    assert_eq!(stored.content, "Pick one (edited)");
+    let removal = fake
+        .calls()
+        .into_iter()
+        .rfind(|call| call.method == "PATCH")
+        .expect("the PATCH");
+    assert_eq!(removal.body["components"], json!([]));
+    assert!(removal.body.get("content").is_none());
+    // The edits' echoes carry the components as they are after each edit.
+    fake.wait_for("the echoes of both edits", |_| {
+        let echoes = bot.echoes.lock().unwrap();
+        (echoes.events.iter().filter(|e| e.id.get() == id).count() == 2).then_some(())
+    })
+    .await;
+    {
+        let echoes = bot.echoes.lock().unwrap();
+        let components: Vec<Vec<String>> = echoes
+            .events
+            .iter()
+            .map(|event| button_ids(event.components.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            components,
+            vec![vec!["again".to_owned(), "stop".to_owned()], Vec::new()]
+        );
+        assert!(echoes.events.iter().all(|e| e.edited_timestamp.is_some()));
+    }
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    bot.stop().await;
+}
+
+/// Components through the interaction routes, with serenity's builders: the callback's
+/// message (type 4), `@original` edits (without `components`: kept; with: replaced), and
+/// follow-ups created and edited with and without buttons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interaction_messages_carry_components() {
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let http = fake_http(&fake);
+    let id = fake.dispatch_command(
+        IncomingCommand::new(CHANNEL, alice(), "poe", json!([])).in_guild(GUILD, 0),
+    );
+    let token = fake.interaction(id).unwrap().token;
+    CreateInteractionResponse::Message(
+        CreateInteractionResponseMessage::new()
+            .content("Answer")
+            .components(buttons(&["again"]))
+            .allowed_mentions(no_mentions()),
+    )
+    .execute(&http, (InteractionId::new(id), &token))
+    .await
+    .expect("answered with a button");
+    let original = fake.interaction(id).unwrap().original.expect("@original");
+    assert_eq!(fake.message(original).unwrap().button_ids(), ["again"]);
+    let fetched = http
+        .get_original_interaction_response(&token)
+        .await
+        .expect("GET @original");
+    assert_eq!(rows_of(&fetched), ["again"]);
+
+    // PATCH @original: content only keeps the buttons; components replace them.
+    let edited = EditInteractionResponse::new()
+        .content("Answer, edited")
+        .allowed_mentions(no_mentions())
+        .execute(&http, &token)
+        .await
+        .expect("@original edited");
+    assert_eq!(rows_of(&edited), ["again"]);
+    let edited = EditInteractionResponse::new()
+        .components(buttons(&["stop", "again"]))
+        .execute(&http, &token)
+        .await
+        .expect("@original's buttons replaced");
+    assert_eq!(rows_of(&edited), ["stop", "again"]);
+    let stored = fake.message(original).unwrap();
+    assert_eq!(stored.content, "Answer, edited");
+    assert_eq!(stored.button_ids(), ["stop", "again"]);
+
+    // Follow-ups: created with a button, then edited without it.
+    let followup = CreateInteractionResponseFollowup::new()
+        .content("More")
+        .components(buttons(&["more"]))
+        .allowed_mentions(no_mentions())
+        .execute(&http, (None, &token))
+        .await
+        .expect("a follow-up with a button");
+    assert_eq!(rows_of(&followup), ["more"]);
+    assert_eq!(fake.interaction(id).unwrap().followups, [followup.id.get()]);
+    assert_eq!(
+        fake.message(followup.id.get()).unwrap().button_ids(),
+        ["more"]
+    );
+    let edited = CreateInteractionResponseFollowup::new()
+        .components(vec![])
+        .execute(&http, (Some(followup.id), &token))
+        .await
+        .expect("the follow-up's buttons removed");
+    assert!(edited.components.is_empty());
+    let stored = fake.message(followup.id.get()).unwrap();
+    assert!(stored.button_ids().is_empty());
+    assert_eq!(stored.content, "More");
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+/// Invalid components are refused with Discord's 400 "Invalid Form Body" and the field's
+/// path, on creates, edits and interaction callbacks (under `data`), and change nothing:
+/// six action rows, six buttons in a row, a button outside an action row, a missing or
+/// over-long custom_id, one custom_id twice.
+#[tokio::test]
+async fn invalid_components_are_refused_as_discord_refuses_them() {
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let http = fake_http(&fake);
+    let channel = ChannelId::new(CHANNEL);
+    let send = |rows: Vec<CreateActionRow>| {
+        let http = &http;
+        async move {
+            channel
+                .send_message(
+                    http,
+                    CreateMessage::new()
+                        .content("buttons")
+                        .components(rows)
+                        .allowed_mentions(no_mentions()),
+                )
+                .await
+        }
+    };
+    let raw = |components: serde_json::Value| {
+        let http = &http;
+        async move {
+            let body = json!({
+                "content": "buttons",
+                "allowed_mentions": {"parse": []},
+                "components": components,
+            });
+            http.send_message(channel, Vec::new(), &body).await
+        }
+    };
+    let row = |ids: &[&str]| buttons(ids).remove(0);
+
+    let six_rows = (0..6).map(|n| row(&[&format!("b{n}")])).collect();
+    assert_eq!(
+        form_error(send(six_rows).await),
+        (400, "components".into(), "BASE_TYPE_MAX_LENGTH".into())
+    );
+    assert_eq!(
+        form_error(send(vec![row(&["a", "b", "c", "d", "e", "f"])]).await),
+        (
+            400,
+            "components.0.components".into(),
+            "BASE_TYPE_BAD_LENGTH".into()
+        )
+    );
+    let loose = json!([{"type": 2, "style": 1, "label": "Loose", "custom_id": "loose"}]);
+    assert_eq!(
+        form_error(raw(loose).await),
+        (400, "components.0.type".into(), "UNION_TYPE_CHOICES".into())
+    );
+    let no_id = json!([{"type": 1, "components": [{"type": 2, "style": 1, "label": "?"}]}]);
+    assert_eq!(
+        form_error(raw(no_id).await),
+        (
+            400,
+            "components.0.components.0.custom_id".into(),
+            "BASE_TYPE_REQUIRED".into()
+        )
+    );
+    let long = "x".repeat(101);
+    assert_eq!(
+        form_error(send(vec![row(&["ok", &long])]).await),
+        (
+            400,
+            "components.0.components.1.custom_id".into(),
+            "BASE_TYPE_BAD_LENGTH".into()
+        )
+    );
+    assert_eq!(
+        form_error(send(vec![row(&["same"]), row(&["other", "same"])]).await),
+        (
+            400,
+            "components.1.components.1.custom_id".into(),
+            "COMPONENT_CUSTOM_ID_DUPLICATED".into()
+        )
+    );
+    assert!(fake.bot_messages(CHANNEL).is_empty(), "nothing was posted");
+
+    // At the limits: 5 rows of 5 buttons, a 100-character custom_id.
+    let full: Vec<CreateActionRow> = (0..5)
+        .map(|r| {
+            let ids: Vec<String> = (0..5).map(|b| format!("r{r}b{b}")).collect();
+            row(&ids.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut message = send(full).await.expect("25 buttons are fine");
+    assert_eq!(rows_of(&message).len(), 25);
+    let hundred = "y".repeat(100);
+    send(vec![row(&[&hundred])])
+        .await
+        .expect("100 characters are fine");
+
+    // An invalid edit changes nothing.
+    let refused = message
+        .edit(
+            &http,
+            EditMessage::new()
+                .content("changed")
+                .components(vec![row(&["dup", "dup"])])
+                .allowed_mentions(no_mentions()),
+        )
+        .await;
+    assert_eq!(refused.as_ref().err().and_then(status), Some(400));
+    let stored = fake.message(message.id.get()).unwrap();
+    assert_eq!(stored.button_ids().len(), 25);
+    assert_eq!(stored.content, "buttons");
+
+    // In an interaction callback the path is under `data`.
+    let id = fake.dispatch_command(IncomingCommand::new(CHANNEL, alice(), "poe", json!([])));
+    let token = fake.interaction(id).unwrap().token;
+    let callback = CreateInteractionResponse::Message(
+        CreateInteractionResponseMessage::new()
+            .content("answer")
+            .components((0..6).map(|n| row(&[&format!("c{n}")])).collect())
+            .allowed_mentions(no_mentions()),
+    )
+    .execute(&http, (InteractionId::new(id), &token))
+    .await;
+    match callback {
+        Err(serenity::Error::Http(HttpError::UnsuccessfulRequest(response))) => {
+            assert_eq!(response.status_code.as_u16(), 400);
+            assert_eq!(response.error.errors[0].path, "data.components");
+        }
+        other => panic!("expected the callback refused, got {other:?}"),
+    }
+    let interaction = fake.interaction(id).unwrap();
+    assert!(
+        interaction.ack.is_none(),
+        "a refused callback answers nothing"
+    );
+    assert_eq!(interaction.callbacks.len(), 1);
+    assert_eq!(interaction.callbacks[0].status, 400);
+    let statuses: Vec<u16> = fake.violations().iter().map(|v| v.status).collect();
+    assert_eq!(statuses, [400; 8], "{:?}", fake.violations());
+}
+
+/// Clicks as serenity receives them: `Interaction::Component` with the custom id, the clicked
+/// message (its buttons as serenity reads them), the user, and in a guild the member's
+/// permissions and roles. serenity's answers land as Discord records them: `Acknowledge` as
+/// type 6 (then `@original` is the clicked message and follow-ups work), `UpdateMessage` as
+/// type 7 (the clicked message changes, and its edit is echoed), an ephemeral refusal as type 4
+/// with flags 64. A click on a message that does not exist reaches serenity too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_reach_serenity_and_its_answers_land_as_discord_records_them() {
+    const ROLE: u64 = 700_000_000_000_000_001;
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::connect(&fake).await;
+    bot.ready().await;
+    // The channel is a guild's (the fake learns it from a dispatch).
+    fake.dispatch_message(IncomingMessage::new(CHANNEL, alice(), "hi").in_guild(GUILD));
+    let http = fake_http(&fake);
+    let sent = ChannelId::new(CHANNEL)
+        .send_message(
+            &http,
+            CreateMessage::new()
+                .content("Answer")
+                .components(buttons(&["ack", "refuse", "update"]))
+                .allowed_mentions(no_mentions()),
+        )
+        .await
+        .expect("a message with buttons");
+    let message = fake.message(sent.id.get()).unwrap();
+    assert_eq!(message.guild_id, Some(GUILD));
+
+    // DEFERRED_UPDATE_MESSAGE, then an @original edit (the clicked message) and a follow-up.
+    let ack = fake.click(
+        IncomingClick::on(&message, alice(), "ack")
+            .in_guild(GUILD, 8)
+            .with_roles(&[ROLE]),
+    );
+    let Report::Clicked {
+        interaction_id,
+        custom_id,
+        is_button,
+        message_id,
+        message_buttons,
+        user_id,
+        guild_id,
+        permissions,
+        roles,
+        response,
+        edited,
+        followup,
+    } = bot.next().await
+    else {
+        panic!("expected the click report");
+    };
+    assert_eq!(interaction_id, ack);
+    assert_eq!(custom_id, "ack");
+    assert!(is_button);
+    assert_eq!(message_id, message.id);
+    assert_eq!(message_buttons, ["ack", "refuse", "update"]);
+    assert_eq!(user_id, alice().id);
+    assert_eq!(guild_id, Some(GUILD));
+    assert_eq!(permissions, Some(8));
+    assert_eq!(roles, [ROLE]);
+    response.expect("acknowledged");
+    let (edited_id, edited_buttons) = edited.expect("edited").expect("@original edited");
+    assert_eq!(edited_id, message.id, "@original is the clicked message");
+    assert_eq!(edited_buttons, ["ack", "refuse", "update"], "kept");
+    let followup = followup.expect("followed up").expect("a follow-up");
+    let record = fake.interaction(ack).unwrap();
+    assert_eq!(record.kind, 3);
+    assert_eq!(record.custom_id.as_deref(), Some("ack"));
+    assert_eq!(record.message_id, Some(message.id));
+    let acknowledgement = record.ack.expect("acknowledged");
+    assert_eq!(acknowledgement.kind, 6);
+    assert!(acknowledgement.latency < Duration::from_secs(3));
+    assert!(!acknowledgement.ephemeral);
+    assert_eq!(record.original, Some(message.id));
+    assert_eq!(record.followups, [followup]);
+    assert_eq!(record.callbacks.len(), 1);
+    assert_eq!(record.callbacks[0].status, 204);
+    let clicked = fake.message(message.id).unwrap();
+    assert_eq!(clicked.content, "Working on it");
+    assert_eq!(clicked.button_ids(), ["ack", "refuse", "update"]);
+    let more = fake.message(followup).unwrap();
+    assert!(more.is_ephemeral());
+    assert_eq!(more.button_ids(), ["cancel"]);
+    assert_eq!(more.interaction_id, Some(ack));
+    let callback = fake
+        .calls()
+        .into_iter()
+        .find(|call| call.path == format!("/interactions/{ack}/{}/callback", record.token))
+        .expect("the callback");
+    assert_eq!(callback.body["type"], 6);
+
+    // A refusal: type 4, ephemeral, a new message; the clicked one is untouched.
+    let refusal = fake.click(IncomingClick::on(&message, bob(), "refuse").in_guild(GUILD, 0));
+    let Report::Clicked {
+        user_id,
+        permissions,
+        response,
+        ..
+    } = bot.next().await
+    else {
+        panic!("expected the click report");
+    };
+    assert_eq!(user_id, bob().id);
+    assert_eq!(permissions, Some(0));
+    response.expect("refused");
+    let record = fake.interaction(refusal).unwrap();
+    let acknowledgement = record.ack.expect("answered");
+    assert_eq!(acknowledgement.kind, 4);
+    assert!(acknowledgement.ephemeral);
+    assert_eq!(acknowledgement.data["flags"], 64);
+    let refused = fake.message(record.original.expect("the refusal")).unwrap();
+    assert!(refused.is_ephemeral());
+    assert_eq!(refused.content, "Only the asker may use these buttons");
+    assert_eq!(fake.message(message.id).unwrap().content, "Working on it");
+
+    // UPDATE_MESSAGE: the clicked message takes the update's content and buttons.
+    let update = fake.click(IncomingClick::on(&message, alice(), "update").in_guild(GUILD, 8));
+    let Report::Clicked {
+        message_buttons,
+        response,
+        ..
+    } = bot.next().await
+    else {
+        panic!("expected the click report");
+    };
+    assert_eq!(message_buttons, ["ack", "refuse", "update"]);
+    response.expect("updated");
+    let record = fake.interaction(update).unwrap();
+    assert_eq!(record.ack.as_ref().unwrap().kind, 7);
+    assert_eq!(record.original, Some(message.id));
+    let updated = fake.message(message.id).unwrap();
+    assert_eq!(updated.content, "Updated");
+    assert_eq!(updated.button_ids(), ["again"]);
+    let history: Vec<&str> = updated.history.iter().map(|v| v.content.as_str()).collect();
+    assert_eq!(history, ["Answer", "Working on it", "Updated"]);
+    fake.wait_for("the echo of the update", |_| {
+        let echoes = bot.echoes.lock().unwrap();
+        echoes
+            .events
+            .iter()
+            .any(|e| e.id.get() == message.id && e.content.as_deref() == Some("Updated"))
+            .then_some(())
+    })
+    .await;
+    // A click now shows the updated message to serenity.
+    fake.click(IncomingClick::on(&message, alice(), "again").in_guild(GUILD, 8));
+    let Report::Clicked {
+        message_buttons, ..
+    } = bot.next().await
+    else {
+        panic!("expected the click report");
+    };
+    assert_eq!(message_buttons, ["again"]);
+
+    // A click in a DM on a message the fake never held: serenity still reads it.
+    let ghost = 900_000_000_000_000_077;
+    let stale = fake.click(IncomingClick::new(OTHER_CHANNEL, alice(), ghost, "ghost"));
+    let Report::Clicked {
+        interaction_id,
+        custom_id,
+        message_id,
+        message_buttons,
+        user_id,
+        guild_id,
+        permissions,
+        response,
+        ..
+    } = bot.next().await
+    else {
+        panic!("expected the click report");
+    };
+    assert_eq!(interaction_id, stale);
+    assert_eq!(
+        (custom_id.as_str(), message_id, user_id),
+        ("ghost", ghost, alice().id)
+    );
+    assert!(message_buttons.is_empty());
+    assert_eq!((guild_id, permissions), (None, None));
+    response.expect("answered");
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    bot.stop().await;
+}
+
+/// The callback rules for clicks: 6 and 7 only for component interactions (a command gets
+/// 400 and stays unanswered), one callback per click, within the deadline; an update with
+/// invalid components is refused and changes nothing. Every attempt is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_callbacks_follow_discords_rules() {
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start_with(FakeDiscordOptions {
+        interaction_deadline: Duration::from_millis(300),
+        ..FakeDiscordOptions::default()
+    })
+    .await;
+    let http = fake_http(&fake);
+    let answer = |id: u64, response: CreateInteractionResponse| {
+        let (http, fake) = (&http, &fake);
+        async move {
+            let token = fake.interaction(id).unwrap().token;
+            response
+                .execute(http, (InteractionId::new(id), &token))
+                .await
+                .err()
+                .as_ref()
+                .and_then(status)
+        }
+    };
+    let update = |content: &str, rows: Vec<CreateActionRow>| {
+        CreateInteractionResponse::UpdateMessage(
+            CreateInteractionResponseMessage::new()
+                .content(content)
+                .components(rows)
+                .allowed_mentions(no_mentions()),
+        )
+    };
+
+    // A command cannot take 6 or 7; it can still be deferred afterwards.
+    let command = fake.dispatch_command(IncomingCommand::new(CHANNEL, alice(), "poe", json!([])));
+    assert_eq!(
+        answer(command, CreateInteractionResponse::Acknowledge).await,
+        Some(400)
+    );
+    assert_eq!(answer(command, update("x", vec![])).await, Some(400));
+    let defer = CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new());
+    assert_eq!(answer(command, defer).await, None);
+    let record = fake.interaction(command).unwrap();
+    let attempts: Vec<(u64, u16)> = record
+        .callbacks
+        .iter()
+        .map(|c| (c.kind, c.status))
+        .collect();
+    assert_eq!(attempts, [(6, 400), (7, 400), (5, 204)]);
+    assert_eq!(record.ack.unwrap().kind, 5);
+
+    let message = ChannelId::new(CHANNEL)
+        .send_message(
+            &http,
+            CreateMessage::new()
+                .content("Answer")
+                .components(buttons(&["retry"]))
+                .allowed_mentions(no_mentions()),
+        )
+        .await
+        .expect("a message with a button");
+    let message = fake.message(message.id.get()).unwrap();
+
+    // Invalid components in an update: refused, nothing changes, the click is still open.
+    let click = fake.click(IncomingClick::on(&message, alice(), "retry"));
+    let invalid = update(
+        "changed",
+        vec![buttons(&["a", "b", "c", "d", "e", "f"]).remove(0)],
+    );
+    assert_eq!(answer(click, invalid).await, Some(400));
+    let unchanged = fake.message(message.id).unwrap();
+    assert_eq!(
+        (unchanged.content.as_str(), unchanged.button_ids()),
+        ("Answer", vec!["retry".to_owned()])
+    );
+    // Twice: the second is refused.
+    assert_eq!(
+        answer(click, CreateInteractionResponse::Acknowledge).await,
+        None
+    );
+    assert_eq!(answer(click, update("again", vec![])).await, Some(400));
+    let record = fake.interaction(click).unwrap();
+    let attempts: Vec<(u64, u16)> = record
+        .callbacks
+        .iter()
+        .map(|c| (c.kind, c.status))
+        .collect();
+    assert_eq!(attempts, [(7, 400), (6, 204), (7, 400)]);
+    assert_eq!(record.ack.unwrap().kind, 6);
+    assert_eq!(fake.message(message.id).unwrap().content, "Answer");
+
+    // Too late: 404, no acknowledgement, the message unchanged.
+    let late = fake.click(IncomingClick::on(&message, alice(), "retry"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(answer(late, update("late", vec![])).await, Some(404));
+    let record = fake.interaction(late).unwrap();
+    assert!(record.ack.is_none());
+    assert_eq!(record.callbacks[0].status, 404);
+    assert!(record.callbacks[0].latency > Duration::from_millis(300));
+    assert_eq!(fake.message(message.id).unwrap().button_ids(), ["retry"]);
+
+    let violations = fake.violations();
+    let statuses: Vec<u16> = violations.iter().map(|v| v.status).collect();
+    assert_eq!(statuses, [400, 400, 400, 400, 404], "{violations:?}");
+    assert!(violations[0].reason.contains("component"), "{violations:?}");
+    assert!(violations[2].reason.contains("data"), "{violations:?}");
+    assert!(
+        violations[3].reason.contains("already been acknowledged"),
+        "{violations:?}"
+    );
+}
+
+/// A user's edit reaches serenity's `message_update` as Discord sends it: the whole message
+/// with the new content, `edited_timestamp`, author, guild, member and the mentions of the new
+/// content. A link unfurl is the partial update without content, author or
+/// `edited_timestamp`, so a bot can tell it from an edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_edits_and_link_unfurls_arrive_as_message_update() {
+    const ROLE: u64 = 700_000_000_000_000_002;
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::connect(&fake).await;
+    bot.ready().await;
+    let id = fake.dispatch_message(
+        IncomingMessage::new(CHANNEL, alice(), "see https://example.com/page")
+            .in_guild(GUILD)
+            .with_roles(&[ROLE]),
+    );
+    fake.wait_for("the message", |_| (bot.times_seen(id) == 1).then_some(()))
+        .await;
+    let events_for = |bot: &Bot| -> Vec<MessageUpdateEvent> {
+        let echoes = bot.echoes.lock().unwrap();
+        echoes
+            .events
+            .iter()
+            .filter(|e| e.id.get() == id)
+            .cloned()
+            .collect()
+    };
+
+    let new_content = format!("{} what about https://example.com/other?", fake.mention());
+    assert!(fake.edit_user_message(id, &new_content));
+    let event = fake
+        .wait_for("the edit", |_| events_for(&bot).first().cloned())
+        .await;
+    assert_eq!(event.channel_id.get(), CHANNEL);
+    assert_eq!(event.guild_id.map(|g| g.get()), Some(GUILD));
+    assert_eq!(event.content.as_deref(), Some(new_content.as_str()));
+    assert_eq!(event.author.as_ref().map(|a| a.id.get()), Some(alice().id));
+    assert_eq!(event.kind, Some(MessageType::Regular));
+    let edited = event.edited_timestamp.expect("edited_timestamp set");
+    let created = event.timestamp.expect("timestamp");
+    assert!(edited.unix_timestamp() >= created.unix_timestamp());
+    let mentions: Vec<u64> = event
+        .mentions
+        .as_ref()
+        .expect("mentions")
+        .iter()
+        .map(|u| u.id.get())
+        .collect();
+    assert_eq!(mentions, [fake.bot_user().id]);
+    let member = event.member.clone().flatten().expect("the member");
+    assert_eq!(
+        member.roles.iter().map(|r| r.get()).collect::<Vec<_>>(),
+        [ROLE]
+    );
+    assert_eq!(event.embeds.as_ref().map(Vec::len), Some(0));
+    let stored = fake.message(id).unwrap();
+    assert_eq!(stored.content, new_content);
+    assert_eq!(stored.edits(), 1);
+    assert!(stored.edited_at.is_some());
+    assert_eq!(stored.mentions, [fake.bot_user()]);
+    // The edit did not arrive as a new message.
+    assert_eq!(bot.times_seen(id), 1);
+
+    // The unfurl: the same message id, embeds, and no content, author or edited_timestamp.
+    assert!(fake.dispatch_embed_update(id));
+    let unfurl = fake
+        .wait_for("the unfurl", |_| events_for(&bot).get(1).cloned())
+        .await;
+    assert_eq!(unfurl.content, None);
+    assert_eq!(unfurl.edited_timestamp, None);
+    assert!(unfurl.author.is_none());
+    assert_eq!(unfurl.guild_id.map(|g| g.get()), Some(GUILD));
+    let embeds = unfurl.embeds.expect("embeds");
+    assert_eq!(embeds.len(), 1);
+    assert_eq!(embeds[0].url.as_deref(), Some("https://example.com/other"));
+    let fetched = fake_http(&fake)
+        .get_message(ChannelId::new(CHANNEL), MessageId::new(id))
+        .await
+        .expect("GET the message");
+    assert_eq!(fetched.embeds.len(), 1, "the embed stays on the message");
+    assert_eq!(
+        fetched.content, new_content,
+        "and the content did not change"
+    );
+
+    // What cannot be edited or unfurled: nothing is dispatched.
+    let plain =
+        fake.dispatch_message(IncomingMessage::new(CHANNEL, alice(), "no link").in_guild(GUILD));
+    assert!(!fake.dispatch_embed_update(plain));
+    assert!(!fake.edit_user_message(900_000_000_000_000_088, "nope"));
+    let own = fake_http(&fake)
+        .send_message(
+            ChannelId::new(CHANNEL),
+            Vec::new(),
+            &json!({"content": "mine", "allowed_mentions": {"parse": []}}),
+        )
+        .await
+        .expect("a bot message");
+    assert!(!fake.edit_user_message(own.id.get(), "not the bot's to edit as a user"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(events_for(&bot).len(), 2);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    bot.stop().await;
+}
+
+/// MESSAGE_UPDATE follows the intents as MESSAGE_CREATE does: without MESSAGE_CONTENT, a guild
+/// edit that does not mention the bot arrives with empty content, one that mentions it and a
+/// DM edit keep theirs; an unfurl stays partial (no content added) and loses its embeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_updates_follow_the_identify_intents() {
+    poe_relay::tls::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::connect_with(
+        &fake,
+        GatewayIntents::GUILD_MESSAGES | GatewayIntents::DIRECT_MESSAGES,
+    )
+    .await;
+    bot.ready().await;
+    let plain =
+        fake.dispatch_message(IncomingMessage::new(CHANNEL, alice(), "secret").in_guild(GUILD));
+    let mentioned =
+        fake.dispatch_message(IncomingMessage::new(CHANNEL, alice(), "hi").in_guild(GUILD));
+    let direct = fake.dispatch_message(IncomingMessage::new(OTHER_CHANNEL, alice(), "dm"));
+    let mention = format!("{} now", fake.mention());
+    assert!(fake.edit_user_message(plain, "still secret https://example.com"));
+    assert!(fake.edit_user_message(mentioned, &mention));
+    assert!(fake.edit_user_message(direct, "dm, edited"));
+    assert!(fake.dispatch_embed_update(plain));
+    fake.wait_for("four updates", |_| {
+        (bot.echoes.lock().unwrap().events.len() == 4).then_some(())
+    })
+    .await;
+    let events = bot.echoes.lock().unwrap().events.clone();
+    let edit_of = |id: u64| {
+        events
+            .iter()
+            .find(|e| e.id.get() == id && e.edited_timestamp.is_some())
+            .and_then(|e| e.content.clone())
+    };
+    assert_eq!(edit_of(plain).as_deref(), Some(""));
+    assert_eq!(edit_of(mentioned), Some(mention));
+    assert_eq!(edit_of(direct).as_deref(), Some("dm, edited"));
+    let unfurl = events
+        .iter()
+        .find(|e| e.id.get() == plain && e.edited_timestamp.is_none())
+        .expect("the unfurl");
+    assert_eq!(unfurl.content, None);
+    assert_eq!(unfurl.embeds.as_ref().map(Vec::len), Some(0));
+    bot.stop().await;
 }

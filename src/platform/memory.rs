@@ -106,7 +106,7 @@ impl MemoryPlatform {
         MemoryPlatform {
             limits,
             typing_exempt: false,
-            control_style: ControlStyle::Buttons,
+            control_style: ControlStyle::None,
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(Notify::new()),
             id_prefix: String::new(),
@@ -120,7 +120,7 @@ impl MemoryPlatform {
         self
     }
 
-    /// Shows controls as `style` does (buttons by default).
+    /// Shows controls as `style` does (none by default).
     pub fn with_control_style(mut self, style: ControlStyle) -> Self {
         self.control_style = style;
         self

@@ -3,8 +3,9 @@
 //! It owns both halves of what a bot talks to: the REST API under `/api/v10` (axum) and the
 //! gateway websocket at `/gateway`, plus `/attachments/…`, where the files of inbound messages
 //! (and files the bot uploads) are served so a bot can download them over loopback. Tests
-//! drive it ([`FakeDiscord::dispatch_message`], [`FakeDiscord::dispatch_command`], gateway
-//! faults) and inspect what the bot did ([`FakeDiscord::messages`], [`FakeDiscord::calls`],
+//! drive it ([`FakeDiscord::dispatch_message`], [`FakeDiscord::dispatch_command`],
+//! [`FakeDiscord::click`], [`FakeDiscord::edit_user_message`], gateway faults) and inspect what
+//! the bot did ([`FakeDiscord::messages`], [`FakeDiscord::calls`],
 //! [`FakeDiscord::interactions`], [`FakeDiscord::violations`]).
 //!
 //! Why a fake and not mocks: the Discord adapter must be proven against serenity's real HTTP
@@ -31,9 +32,19 @@
 //!   accept the request, but a relay of model output must never ping anyone;
 //! - `message_reference` to a message that exists (unless `fail_if_not_exists` is false: then
 //!   a plain message, as Discord does); edits only of the bot's own messages;
+//! - message components on every bot message write (channel messages, interaction callbacks,
+//!   `@original` and follow-ups): at most 5 action rows (type 1) at the top level, 1-5 buttons
+//!   (type 2) in each, a `custom_id` of 1-100 characters on every button but link buttons
+//!   (style 5, which carry a `url` instead), no `custom_id` twice in one message, labels of at
+//!   most 80 characters (400 "Invalid Form Body" with the field's path, as Discord answers);
+//!   select menus and Components V2 are not faked and are refused as such. A PATCH without
+//!   `components` keeps them, `components: []` (or `null`) removes them;
 //! - interactions: one callback each, within the deadline (3 s, as Discord); `@original` and
 //!   follow-ups only after the callback; the first follow-up after a deferral replaces the
-//!   deferred message and keeps its visibility, as Discord does;
+//!   deferred message and keeps its visibility, as Discord does; callbacks 6
+//!   (DEFERRED_UPDATE_MESSAGE) and 7 (UPDATE_MESSAGE, which edits the clicked message) only for
+//!   component interactions (type 3, [`FakeDiscord::click`]), whose `@original` is then the
+//!   clicked message, as on Discord;
 //! - command registration: names and descriptions Discord would accept;
 //! - routes: anything not implemented here answers 404 and is a violation too, so a bot
 //!   calling an endpoint the fake does not know is noticed rather than silently tolerated.
@@ -56,10 +67,13 @@
 //! client's sequence number, then RESUMED), RECONNECT (op 7), INVALID_SESSION (op 9), and an
 //! abrupt socket drop. Dispatches respect the IDENTIFY intents (guild messages, direct
 //! messages, message content), and the bot's own messages are echoed back as MESSAGE_CREATE /
-//! MESSAGE_UPDATE, as Discord does. Not faked: guilds (READY lists none; no GUILD_CREATE),
-//! members, roles, channels, reactions, embeds, voice, the 15-minute token expiry.
+//! MESSAGE_UPDATE, as Discord does. Users' edits arrive as MESSAGE_UPDATE with
+//! `edited_timestamp` ([`FakeDiscord::edit_user_message`]), link unfurls as the partial
+//! MESSAGE_UPDATE Discord sends when it adds embeds ([`FakeDiscord::dispatch_embed_update`]).
+//! Not faked: guilds (READY lists none; no GUILD_CREATE), members, roles, channels, reactions,
+//! embeds the bot sends, select menus, modals, voice, the 15-minute token expiry.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -80,10 +94,20 @@ const MAX_CONTENT_CHARS: usize = 2000;
 /// Message flags.
 const EPHEMERAL: u64 = 1 << 6;
 const LOADING: u64 = 1 << 7;
+const IS_COMPONENTS_V2: u64 = 1 << 15;
 /// Gateway intents the fake honours.
 const GUILD_MESSAGES: u64 = 1 << 9;
 const DIRECT_MESSAGES: u64 = 1 << 12;
 const MESSAGE_CONTENT: u64 = 1 << 15;
+/// Component limits of a message (without Components V2).
+const MAX_ACTION_ROWS: usize = 5;
+const MAX_ROW_BUTTONS: usize = 5;
+const MAX_CUSTOM_ID_CHARS: usize = 100;
+const MAX_BUTTON_LABEL_CHARS: usize = 80;
+/// Interaction types.
+const APPLICATION_COMMAND: u64 = 2;
+const MESSAGE_COMPONENT: u64 = 3;
+const AUTOCOMPLETE: u64 = 4;
 
 /// Knobs for [`FakeDiscord::start_with`].
 #[derive(Clone, Debug)]
@@ -175,12 +199,76 @@ pub struct FakeMessage {
     pub interaction_id: Option<u64>,
     pub deleted: bool,
     pub created_at: Instant,
+    /// The message's components as the latest write sent them (validated): an array of action
+    /// rows, `[]` when it has none.
+    pub components: Value,
+    /// The users the content mentions (`<@id>`), as rendered in `mentions`.
+    pub mentions: Vec<FakeUser>,
+    /// Embeds Discord added by unfurling a link ([`FakeDiscord::dispatch_embed_update`]).
+    pub embeds: Vec<Value>,
+    /// When the message was last edited (`edited_timestamp`); `None` if never.
+    pub edited_at: Option<SystemTime>,
 }
 
 impl FakeMessage {
     /// How many times the content was edited.
     pub fn edits(&self) -> usize {
         self.history.len().saturating_sub(1)
+    }
+
+    /// Every button of the message (action rows flattened), in order.
+    pub fn buttons(&self) -> Vec<Value> {
+        self.components
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row.get("components").and_then(Value::as_array))
+            .flatten()
+            .filter(|component| component.get("type").and_then(Value::as_u64) == Some(2))
+            .cloned()
+            .collect()
+    }
+
+    /// The `custom_id`s of the message's buttons in order (link buttons have none).
+    pub fn button_ids(&self) -> Vec<String> {
+        self.buttons()
+            .iter()
+            .filter_map(|button| button.get("custom_id").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The message without buttons, edit history or anything else: a new stored message.
+    fn new(
+        id: u64,
+        channel_id: u64,
+        guild_id: Option<u64>,
+        author: FakeUser,
+        content: &str,
+    ) -> Self {
+        let now = Instant::now();
+        FakeMessage {
+            id,
+            channel_id,
+            guild_id,
+            author,
+            content: content.to_owned(),
+            reference: None,
+            history: vec![Version {
+                at: now,
+                content: content.to_owned(),
+            }],
+            attachments: Vec::new(),
+            flags: 0,
+            allowed_mentions: None,
+            interaction_id: None,
+            deleted: false,
+            created_at: now,
+            components: json!([]),
+            mentions: Vec::new(),
+            embeds: Vec::new(),
+            edited_at: None,
+        }
     }
 
     pub fn is_ephemeral(&self) -> bool {
@@ -217,7 +305,7 @@ pub struct Violation {
     pub at: Instant,
 }
 
-/// How an interaction was answered.
+/// How an interaction was answered (the callback the fake accepted).
 #[derive(Clone, Debug)]
 pub struct Acknowledgement {
     /// The callback type: 4 message, 5 deferred, 6 deferred update, 7 update, 8 autocomplete.
@@ -225,23 +313,49 @@ pub struct Acknowledgement {
     pub at: Instant,
     /// Time from dispatch to the callback.
     pub latency: Duration,
+    /// For 4 and 5, the callback's ephemeral flag; for 6 and 7, whether the clicked message is
+    /// ephemeral.
     pub ephemeral: bool,
-    /// The callback's `data` as sent.
+    /// The callback's `data` as sent (`Null` for 6).
     pub data: Value,
 }
 
-/// An interaction dispatched by [`FakeDiscord::dispatch_command`].
+/// One `POST /interactions/{id}/{token}/callback`, accepted or not.
+#[derive(Clone, Debug)]
+pub struct CallbackAttempt {
+    /// The callback type sent (0 when there was none).
+    pub kind: u64,
+    pub at: Instant,
+    /// Time from dispatch to the callback.
+    pub latency: Duration,
+    /// The fake's answer: 204 when accepted; otherwise, e.g., 400 for a second callback, a type
+    /// the interaction cannot take or an invalid message, 404 when too late (each refusal but
+    /// a 429 also a [`Violation`]).
+    pub status: u16,
+}
+
+/// An interaction dispatched by [`FakeDiscord::dispatch_command`] or [`FakeDiscord::click`].
 #[derive(Clone, Debug)]
 pub struct FakeInteraction {
     pub id: u64,
+    /// The interaction type: 2 application command, 3 message component, 4 autocomplete.
+    pub kind: u64,
     pub token: String,
     pub channel_id: u64,
     pub guild_id: Option<u64>,
     pub user: FakeUser,
+    /// The command's name (empty for a click).
     pub name: String,
+    /// A click's `custom_id`.
+    pub custom_id: Option<String>,
+    /// The message a click was on.
+    pub message_id: Option<u64>,
     pub dispatched_at: Instant,
     pub ack: Option<Acknowledgement>,
-    /// The `@original` response message, once there is one.
+    /// Every callback that arrived, in order, refused ones included.
+    pub callbacks: Vec<CallbackAttempt>,
+    /// The `@original` response message, once there is one: the new message of a type 4 or 5
+    /// callback, or the clicked message after a type 6 or 7 (as on Discord).
     pub original: Option<u64>,
     pub followups: Vec<u64>,
 }
@@ -383,6 +497,59 @@ impl IncomingCommand {
     }
 }
 
+/// A click on a button, for [`FakeDiscord::click`]. The fake sends what it is told: the message
+/// need not exist (the interaction then carries a stand-in bot message with that id and no
+/// components) and need not carry the `custom_id`, so a bot's handling of stale or forged
+/// clicks can be tested too.
+#[derive(Clone, Debug)]
+pub struct IncomingClick {
+    pub channel_id: u64,
+    /// `None` for a DM.
+    pub guild_id: Option<u64>,
+    pub user: FakeUser,
+    /// The bot message whose button was clicked.
+    pub message_id: u64,
+    pub custom_id: String,
+    /// The member's permission bits in the channel (guild only), e.g. `8` for ADMINISTRATOR.
+    pub permissions: u64,
+    pub roles: Vec<u64>,
+}
+
+impl IncomingClick {
+    /// A click in `channel_id`; a DM unless [`IncomingClick::in_guild`] is added.
+    pub fn new(channel_id: u64, user: FakeUser, message_id: u64, custom_id: &str) -> IncomingClick {
+        IncomingClick {
+            channel_id,
+            guild_id: None,
+            user,
+            message_id,
+            custom_id: custom_id.to_owned(),
+            permissions: 0,
+            roles: Vec::new(),
+        }
+    }
+
+    /// A click on `message` (its channel and guild; no permissions unless
+    /// [`IncomingClick::in_guild`] sets them).
+    pub fn on(message: &FakeMessage, user: FakeUser, custom_id: &str) -> IncomingClick {
+        IncomingClick {
+            guild_id: message.guild_id,
+            ..IncomingClick::new(message.channel_id, user, message.id, custom_id)
+        }
+    }
+
+    pub fn in_guild(mut self, guild_id: u64, permissions: u64) -> Self {
+        self.guild_id = Some(guild_id);
+        self.permissions = permissions;
+        self
+    }
+
+    pub fn with_roles(mut self, roles: &[u64]) -> Self {
+        self.roles = roles.to_vec();
+        self
+    }
+}
+
 /// The fake Discord. Dropping it stops the server and drops the gateway connection.
 pub struct FakeDiscord {
     shared: Arc<Shared>,
@@ -417,6 +584,8 @@ struct St {
     channel_guilds: HashMap<u64, Option<u64>>,
     /// Threads the test made, and the channel each belongs to.
     thread_parents: HashMap<u64, u64>,
+    /// The author's roles of each user message in a guild (its `member.roles`).
+    member_roles: HashMap<u64, Vec<u64>>,
     limits: HashMap<u64, Limit>,
     injected: HashMap<u64, VecDeque<f64>>,
     rate_limited: Vec<(u64, Instant)>,
@@ -508,6 +677,31 @@ impl Reply {
                 "errors": {field: {"_errors": [{"code": code, "message": message}]}},
             }),
         )
+    }
+
+    /// Discord's "Invalid Form Body" with one error at a nested `path`, e.g.
+    /// `["components", "0", "components", "1", "custom_id"]`.
+    fn form_error_at(path: &[String], code: &str, message: &str) -> Reply {
+        let mut errors = json!({"_errors": [{"code": code, "message": message}]});
+        for key in path.iter().rev() {
+            let mut level = serde_json::Map::new();
+            level.insert(key.clone(), errors);
+            errors = Value::Object(level);
+        }
+        Reply::json(
+            StatusCode::BAD_REQUEST,
+            json!({"message": "Invalid Form Body", "code": 50035, "errors": errors}),
+        )
+    }
+
+    /// A form error's field paths moved under `key` (an interaction callback's `data`).
+    fn under(mut self, key: &str) -> Reply {
+        if let Some(errors) = self.body.as_mut().and_then(|body| body.get_mut("errors")) {
+            let mut level = serde_json::Map::new();
+            level.insert(key.to_owned(), errors.take());
+            *errors = Value::Object(level);
+        }
+        self
     }
 
     fn in_channel(mut self, channel: u64) -> Reply {
@@ -653,36 +847,25 @@ impl FakeDiscord {
             })
             .collect();
         let message = FakeMessage {
-            id,
-            channel_id: incoming.channel_id,
-            guild_id: incoming.guild_id,
-            author: incoming.author.clone(),
-            content: incoming.content.clone(),
             reference: incoming.reference,
-            history: vec![Version {
-                at: now,
-                content: incoming.content.clone(),
-            }],
             attachments,
-            flags: 0,
-            allowed_mentions: None,
-            interaction_id: None,
-            deleted: false,
+            mentions: incoming.mentions.clone(),
             created_at: now,
+            ..FakeMessage::new(
+                id,
+                incoming.channel_id,
+                incoming.guild_id,
+                incoming.author.clone(),
+                &incoming.content,
+            )
         };
         st.messages.insert(id, message);
         st.channel_guilds
             .insert(incoming.channel_id, incoming.guild_id);
         let mut data = st.message_json(shared, id);
-        data["mentions"] = Value::Array(incoming.mentions.iter().map(user_json).collect());
         if incoming.guild_id.is_some() {
-            data["member"] = json!({
-                "roles": ids(&incoming.roles),
-                "joined_at": iso_timestamp(SystemTime::now()),
-                "deaf": false,
-                "mute": false,
-                "flags": 0,
-            });
+            st.member_roles.insert(id, incoming.roles.clone());
+            data["member"] = member_json(&incoming.roles);
         }
         let mentions_bot = incoming
             .mentions
@@ -720,58 +903,38 @@ impl FakeDiscord {
             Some(id) => id,
             None => st.snowflake().to_string(),
         };
-        let mut data = json!({
-            "id": id.to_string(),
-            "application_id": shared.application_id.to_string(),
-            "type": if command.autocomplete { 4 } else { 2 },
-            "data": {
-                "id": command_id,
-                "name": command.name,
-                "type": 1,
-                "options": command.options,
-            },
-            "channel_id": command.channel_id.to_string(),
-            "token": token,
-            "version": 1,
-            "app_permissions": "562949953421311",
-            "locale": "en-US",
-            "entitlements": [],
-            "authorizing_integration_owners": {"0": command.guild_id.unwrap_or(0).to_string()},
-            "context": if command.guild_id.is_some() { 0 } else { 1 },
-            "attachment_size_limit": 10_485_760,
+        let kind = if command.autocomplete {
+            AUTOCOMPLETE
+        } else {
+            APPLICATION_COMMAND
+        };
+        let asker = Asker {
+            channel_id: command.channel_id,
+            guild_id: command.guild_id,
+            user: &command.user,
+            permissions: command.permissions,
+            roles: &command.roles,
+        };
+        let mut data = interaction_json(shared, &mut st, id, &token, kind, &asker);
+        data["data"] = json!({
+            "id": command_id,
+            "name": command.name,
+            "type": 1,
+            "options": command.options,
         });
-        match command.guild_id {
-            Some(guild) => {
-                data["guild_id"] = json!(guild.to_string());
-                data["guild_locale"] = json!("en-US");
-                data["member"] = json!({
-                    "user": user_json(&command.user),
-                    "roles": ids(&command.roles),
-                    "joined_at": iso_timestamp(SystemTime::now()),
-                    "deaf": false,
-                    "mute": false,
-                    "flags": 0,
-                    "permissions": command.permissions.to_string(),
-                });
-            }
-            None => data["user"] = user_json(&command.user),
-        }
-        st.channel_guilds
-            .insert(command.channel_id, command.guild_id);
-        // Discord sends the partial channel with every interaction (a thread's names its
-        // parent).
-        if let Some(channel) = channel_json(&st, command.channel_id) {
-            data["channel"] = channel;
-        }
         st.interactions.push(FakeInteraction {
             id,
+            kind,
             token,
             channel_id: command.channel_id,
             guild_id: command.guild_id,
             user: command.user,
             name: command.name,
+            custom_id: None,
+            message_id: None,
             dispatched_at: Instant::now(),
             ack: None,
+            callbacks: Vec::new(),
             original: None,
             followups: Vec::new(),
         });
@@ -779,6 +942,141 @@ impl FakeDiscord {
         drop(st);
         shared.bump();
         id
+    }
+
+    /// A click on a button: dispatches INTERACTION_CREATE of type 3 (MESSAGE_COMPONENT) with
+    /// `data: {custom_id, component_type: 2}` and the clicked message as Discord renders it
+    /// (with its components), and returns the interaction id. Answer it with a callback of type
+    /// 6 (DEFERRED_UPDATE_MESSAGE), 7 (UPDATE_MESSAGE: its `data` edits the clicked message), 4
+    /// or 5, within the deadline; follow-ups and `@original` work as for commands.
+    ///
+    /// The fake sends what it is told (see [`IncomingClick`]): a message it does not hold is
+    /// rendered as a bare bot message with that id and no components, and a `custom_id` the
+    /// message does not carry is sent as is.
+    pub fn click(&self, click: IncomingClick) -> u64 {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        let id = st.snowflake();
+        let token = format!("fake-interaction-token-{id}");
+        let asker = Asker {
+            channel_id: click.channel_id,
+            guild_id: click.guild_id,
+            user: &click.user,
+            permissions: click.permissions,
+            roles: &click.roles,
+        };
+        let mut data = interaction_json(shared, &mut st, id, &token, MESSAGE_COMPONENT, &asker);
+        data["data"] = json!({"custom_id": click.custom_id, "component_type": 2});
+        data["message"] = if st.messages.contains_key(&click.message_id) {
+            st.message_json(shared, click.message_id)
+        } else {
+            let stand_in = FakeMessage::new(
+                click.message_id,
+                click.channel_id,
+                click.guild_id,
+                shared.bot.clone(),
+                "",
+            );
+            render_message_value(&st, shared, &stand_in, false)
+        };
+        st.interactions.push(FakeInteraction {
+            id,
+            kind: MESSAGE_COMPONENT,
+            token,
+            channel_id: click.channel_id,
+            guild_id: click.guild_id,
+            user: click.user,
+            name: String::new(),
+            custom_id: Some(click.custom_id),
+            message_id: Some(click.message_id),
+            dispatched_at: Instant::now(),
+            ack: None,
+            callbacks: Vec::new(),
+            original: None,
+            followups: Vec::new(),
+        });
+        st.dispatch("INTERACTION_CREATE", data);
+        drop(st);
+        shared.bump();
+        id
+    }
+
+    /// A user edits their message (one made by [`FakeDiscord::dispatch_message`]): the content
+    /// changes (its history grows), `edited_timestamp` is set, mentions are recomputed from the
+    /// `<@id>`s of the new content (users the fake knows), and MESSAGE_UPDATE is dispatched with
+    /// the whole message, as Discord does for an edit, filtered by the intents like
+    /// MESSAGE_CREATE (without MESSAGE_CONTENT, a guild message that does not mention the bot
+    /// arrives with empty content). Returns false, dispatching nothing, for a message the fake
+    /// does not hold, a deleted one, or one of the bot's.
+    pub fn edit_user_message(&self, message_id: u64, new_content: &str) -> bool {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        match st.messages.get(&message_id) {
+            Some(message) if !message.deleted && message.author.id != shared.bot.id => {}
+            _ => return false,
+        }
+        let mentions = st.mentioned_in(shared, new_content);
+        let message = st.messages.get_mut(&message_id).expect("checked above");
+        message.content = new_content.to_owned();
+        message.history.push(Version {
+            at: Instant::now(),
+            content: new_content.to_owned(),
+        });
+        message.edited_at = Some(SystemTime::now());
+        message.mentions = mentions;
+        let guild = message.guild_id;
+        let mentions_bot = message.mentions.iter().any(|user| user.id == shared.bot.id);
+        let mut data = st.message_json(shared, message_id);
+        if guild.is_some() {
+            let roles = st
+                .member_roles
+                .get(&message_id)
+                .cloned()
+                .unwrap_or_default();
+            data["member"] = member_json(&roles);
+        }
+        st.dispatch_message_event(shared, "MESSAGE_UPDATE", data, guild, mentions_bot);
+        drop(st);
+        shared.bump();
+        true
+    }
+
+    /// Discord unfurls the first link of a message: the message gets a link embed, and the
+    /// partial MESSAGE_UPDATE Discord sends for that is dispatched: `id`, `channel_id`,
+    /// `guild_id` and `embeds` only, no `content`, no `author`, no `edited_timestamp` (the
+    /// message was not edited). Works for users' and the bot's messages. Returns false,
+    /// dispatching nothing, when the message is unknown or deleted or its content has no
+    /// `http(s)://` link outside `<…>` (which suppresses embeds on Discord).
+    pub fn dispatch_embed_update(&self, message_id: u64) -> bool {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        let Some(message) = st.messages.get_mut(&message_id).filter(|m| !m.deleted) else {
+            return false;
+        };
+        let Some(url) = first_link(&message.content) else {
+            return false;
+        };
+        message.embeds = vec![json!({
+            "type": "link",
+            "url": url,
+            "title": url,
+            "description": format!("A preview of {url}"),
+        })];
+        let mut data = json!({
+            "id": message_id.to_string(),
+            "channel_id": message.channel_id.to_string(),
+            "embeds": message.embeds,
+        });
+        let guild = message.guild_id;
+        if let Some(guild) = guild {
+            data["guild_id"] = json!(guild.to_string());
+        }
+        let privileged = message.author.id == shared.bot.id
+            || message.mentions.iter().any(|user| user.id == shared.bot.id);
+        st.dispatch_message_event(shared, "MESSAGE_UPDATE", data, guild, privileged);
+        drop(st);
+        shared.bump();
+        true
     }
 
     /// Makes `thread` a public thread of `parent` in `guild`: `GET /channels/{thread}` and the
@@ -1062,50 +1360,38 @@ impl St {
 
     /// `with_referenced`: include the replied-to message (one level, as Discord does).
     fn render_message(&self, shared: &Shared, id: u64, with_referenced: bool) -> Value {
-        let message = &self.messages[&id];
-        let mut value = json!({
-            "id": id.to_string(),
-            "channel_id": message.channel_id.to_string(),
-            "author": user_json(&message.author),
-            "content": message.content,
-            "timestamp": iso_timestamp(snowflake_time(id)),
-            "edited_timestamp": if message.edits() > 0 {
-                json!(iso_timestamp(SystemTime::now()))
-            } else {
-                Value::Null
-            },
-            "tts": false,
-            "mention_everyone": false,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": message.attachments.iter().map(attachment_json).collect::<Vec<_>>(),
-            "embeds": [],
-            "pinned": false,
-            "type": if message.reference.is_some() { 19 } else { 0 },
-            "flags": message.flags,
-        });
-        if let Some(guild) = message.guild_id {
-            value["guild_id"] = json!(guild.to_string());
-        }
-        if let Some(reference) = message.reference {
-            value["message_reference"] = json!({
-                "type": 0,
-                "message_id": reference.to_string(),
-                "channel_id": message.channel_id.to_string(),
-            });
-            if let Some(guild) = message.guild_id {
-                value["message_reference"]["guild_id"] = json!(guild.to_string());
+        render_message_value(self, shared, &self.messages[&id], with_referenced)
+    }
+
+    /// The users `content` mentions with `<@id>` or `<@!id>`, as Discord computes `mentions`:
+    /// the bot, and every user the fake has seen (authors, mentions, interaction users); ids it
+    /// never saw are left out.
+    fn mentioned_in(&self, shared: &Shared, content: &str) -> Vec<FakeUser> {
+        let mut mentioned: Vec<FakeUser> = Vec::new();
+        for piece in content.split("<@").skip(1) {
+            let piece = piece.strip_prefix('!').unwrap_or(piece);
+            let Some((digits, _)) = piece.split_once('>') else {
+                continue;
+            };
+            let Ok(id) = digits.parse::<u64>() else {
+                continue;
+            };
+            if mentioned.iter().any(|user| user.id == id) {
+                continue;
             }
-            if with_referenced && self.messages.contains_key(&reference) {
-                value["referenced_message"] = self.render_message(shared, reference, false);
+            let known = std::iter::once(&shared.bot)
+                .chain(
+                    self.messages
+                        .values()
+                        .flat_map(|m| std::iter::once(&m.author).chain(&m.mentions)),
+                )
+                .chain(self.interactions.iter().map(|i| &i.user))
+                .find(|user| user.id == id);
+            if let Some(user) = known {
+                mentioned.push(user.clone());
             }
         }
-        if message.interaction_id.is_some() {
-            value["webhook_id"] = json!(shared.application_id.to_string());
-            value["application_id"] = json!(shared.application_id.to_string());
-            value["type"] = json!(20);
-        }
-        value
+        mentioned
     }
 
     /// Appends a dispatch to the session and sends it on the current connection. Returns its
@@ -1127,6 +1413,7 @@ impl St {
     }
 
     /// MESSAGE_CREATE / MESSAGE_UPDATE, filtered by the session's intents as Discord does.
+    /// `mentions_bot`: the message mentions the bot (or is otherwise privileged: content kept).
     fn dispatch_message_event(
         &mut self,
         shared: &Shared,
@@ -1147,9 +1434,17 @@ impl St {
         let author_is_bot = data["author"]["id"] == shared.bot.id.to_string().as_str();
         let privileged = guild.is_none() || mentions_bot || author_is_bot;
         if intents & MESSAGE_CONTENT == 0 && !privileged {
-            data["content"] = json!("");
-            data["attachments"] = json!([]);
-            data["embeds"] = json!([]);
+            // Only the fields the event has: a partial MESSAGE_UPDATE stays partial.
+            for (field, empty) in [
+                ("content", json!("")),
+                ("attachments", json!([])),
+                ("embeds", json!([])),
+                ("components", json!([])),
+            ] {
+                if let Some(value) = data.get_mut(field) {
+                    *value = empty;
+                }
+            }
         }
         self.dispatch(event, data);
     }
@@ -1559,7 +1854,7 @@ fn unknown_message() -> Reply {
     Reply::error(StatusCode::NOT_FOUND, 10008, "Unknown Message")
 }
 
-/// Content length, non-emptiness (for creates) and the no-mentions policy.
+/// Content length, non-emptiness (for creates), components and the no-mentions policy.
 fn validate_message(body: &Value, creating: bool, has_files: bool) -> Result<(), Reply> {
     if !body.is_object() {
         return Err(Reply::error(
@@ -1589,8 +1884,174 @@ fn validate_message(body: &Value, creating: bool, has_files: bool) -> Result<(),
             "Cannot send an empty message",
         ));
     }
+    if body
+        .get("flags")
+        .and_then(Value::as_u64)
+        .is_some_and(|flags| flags & IS_COMPONENTS_V2 != 0)
+    {
+        return Err(Reply::form_error(
+            "flags",
+            "FAKE_DISCORD_NOT_IMPLEMENTED",
+            "Components V2 (IS_COMPONENTS_V2) is not implemented by the fake Discord",
+        ));
+    }
+    if let Some(components) = body.get("components").filter(|value| !value.is_null()) {
+        validate_components(components)?;
+    }
     if content.is_some() {
         check_allowed_mentions(body.get("allowed_mentions"))?;
+    }
+    Ok(())
+}
+
+/// A message's `components` as Discord checks them (without Components V2): at most 5 action
+/// rows at the top level, 1-5 buttons in each, a 1-100 character `custom_id` on every button
+/// but link buttons (which need a `url` and have no `custom_id`), each `custom_id` once in the
+/// message (disabled buttons included), labels of at most 80 characters. Errors name the field's
+/// path as Discord's do (`components.0.components.1.custom_id`).
+fn validate_components(components: &Value) -> Result<(), Reply> {
+    let error = |path: &[&str], code: &str, message: &str| {
+        let mut full = vec!["components".to_owned()];
+        full.extend(path.iter().map(|key| (*key).to_owned()));
+        Err(Reply::form_error_at(&full, code, message))
+    };
+    let Some(rows) = components.as_array() else {
+        return error(
+            &[],
+            "LIST_TYPE_CONVERT",
+            "Only iterables may be used in a ListType",
+        );
+    };
+    if rows.len() > MAX_ACTION_ROWS {
+        return error(&[], "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.");
+    }
+    let mut custom_ids = HashSet::new();
+    for (r, row) in rows.iter().enumerate() {
+        let r = r.to_string();
+        match row.get("type").and_then(Value::as_u64) {
+            Some(1) => {}
+            None => {
+                return error(
+                    &[&r, "type"],
+                    "BASE_TYPE_REQUIRED",
+                    "This field is required",
+                );
+            }
+            Some(_) => {
+                return error(
+                    &[&r, "type"],
+                    "UNION_TYPE_CHOICES",
+                    "Value of field \"type\" must be one of (1,).",
+                );
+            }
+        }
+        let Some(children) = row.get("components").and_then(Value::as_array) else {
+            return error(
+                &[&r, "components"],
+                "BASE_TYPE_REQUIRED",
+                "This field is required",
+            );
+        };
+        if children.is_empty() || children.len() > MAX_ROW_BUTTONS {
+            return error(
+                &[&r, "components"],
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 5 in length.",
+            );
+        }
+        for (c, child) in children.iter().enumerate() {
+            let c = c.to_string();
+            let at = |field: &'static str| [r.as_str(), "components", c.as_str(), field];
+            match child.get("type").and_then(Value::as_u64) {
+                Some(2) => {}
+                Some(3 | 5..=8) => {
+                    return error(
+                        &at("type"),
+                        "FAKE_DISCORD_NOT_IMPLEMENTED",
+                        "select menus are not implemented by the fake Discord",
+                    );
+                }
+                None => return error(&at("type"), "BASE_TYPE_REQUIRED", "This field is required"),
+                Some(_) => {
+                    return error(
+                        &at("type"),
+                        "UNION_TYPE_CHOICES",
+                        "Value of field \"type\" must be one of (2, 3, 5, 6, 7, 8).",
+                    );
+                }
+            }
+            let custom_id = child.get("custom_id").filter(|value| !value.is_null());
+            match child.get("style").and_then(Value::as_u64) {
+                Some(1..=4) => {}
+                Some(5) => {
+                    if child.get("url").and_then(Value::as_str).is_none() {
+                        return error(&at("url"), "BASE_TYPE_REQUIRED", "This field is required");
+                    }
+                    if custom_id.is_some() {
+                        return error(
+                            &at("custom_id"),
+                            "BUTTON_COMPONENT_CUSTOM_ID_NOT_ALLOWED",
+                            "A link button cannot have a custom_id",
+                        );
+                    }
+                }
+                Some(6) => {
+                    return error(
+                        &at("style"),
+                        "FAKE_DISCORD_NOT_IMPLEMENTED",
+                        "premium buttons are not implemented by the fake Discord",
+                    );
+                }
+                None => return error(&at("style"), "BASE_TYPE_REQUIRED", "This field is required"),
+                Some(_) => {
+                    return error(
+                        &at("style"),
+                        "BASE_TYPE_CHOICES",
+                        "Value must be one of {1, 2, 3, 4, 5, 6}.",
+                    );
+                }
+            }
+            if let Some(label) = child.get("label").and_then(Value::as_str)
+                && label.chars().count() > MAX_BUTTON_LABEL_CHARS
+            {
+                return error(
+                    &at("label"),
+                    "BASE_TYPE_MAX_LENGTH",
+                    "Must be 80 or fewer in length.",
+                );
+            }
+            if child.get("style").and_then(Value::as_u64) == Some(5) {
+                continue;
+            }
+            let Some(custom_id) = custom_id else {
+                return error(
+                    &at("custom_id"),
+                    "BASE_TYPE_REQUIRED",
+                    "This field is required",
+                );
+            };
+            let Some(custom_id) = custom_id.as_str() else {
+                return error(
+                    &at("custom_id"),
+                    "STRING_TYPE_CONVERT",
+                    "Could not interpret value as string.",
+                );
+            };
+            if !(1..=MAX_CUSTOM_ID_CHARS).contains(&custom_id.chars().count()) {
+                return error(
+                    &at("custom_id"),
+                    "BASE_TYPE_BAD_LENGTH",
+                    "Must be between 1 and 100 in length.",
+                );
+            }
+            if !custom_ids.insert(custom_id.to_owned()) {
+                return error(
+                    &at("custom_id"),
+                    "COMPONENT_CUSTOM_ID_DUPLICATED",
+                    "Component custom id cannot be duplicated",
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -1668,22 +2129,25 @@ fn create_message(
         .into_iter()
         .map(|file| st.store_file(shared, &file.filename, file.content_type, file.bytes))
         .collect();
+    let components = match body.get("components") {
+        Some(Value::Array(rows)) => Value::Array(rows.clone()),
+        _ => json!([]),
+    };
     st.messages.insert(
         id,
         FakeMessage {
-            id,
-            channel_id: channel,
-            guild_id,
-            author: shared.bot.clone(),
-            content: content.clone(),
             reference,
-            history: vec![Version { at: now, content }],
+            history: vec![Version {
+                at: now,
+                content: content.clone(),
+            }],
             attachments,
             flags: body.get("flags").and_then(Value::as_u64).unwrap_or(0),
             allowed_mentions: body.get("allowed_mentions").cloned(),
             interaction_id: interaction,
-            deleted: false,
             created_at: now,
+            components,
+            ..FakeMessage::new(id, channel, guild_id, shared.bot.clone(), &content)
         },
     );
     let rendered = st.message_json(shared, id);
@@ -1754,6 +2218,13 @@ fn edit_message(
     if let Some(allowed) = body.get("allowed_mentions") {
         message.allowed_mentions = Some(allowed.clone());
     }
+    // Without `components` the message keeps its own; `[]` (or `null`) removes them.
+    match body.get("components") {
+        Some(Value::Array(rows)) => message.components = Value::Array(rows.clone()),
+        Some(Value::Null) => message.components = json!([]),
+        _ => {}
+    }
+    message.edited_at = Some(SystemTime::now());
     let (guild, ephemeral) = (message.guild_id, message.is_ephemeral());
     let rendered = st.message_json(shared, id);
     if shared.options.echo_own_messages && !ephemeral {
@@ -1917,6 +2388,7 @@ fn interaction_index(st: &St, id: Option<u64>, token: &str) -> Result<usize, Rep
         .ok_or_else(|| Reply::error(StatusCode::NOT_FOUND, 10062, "Unknown interaction"))
 }
 
+/// `POST /interactions/{id}/{token}/callback`, recorded on the interaction whatever the answer.
 fn interaction_callback(
     shared: &Shared,
     st: &mut St,
@@ -1926,8 +2398,35 @@ fn interaction_callback(
     files: Vec<Upload>,
 ) -> Routed {
     let index = interaction_index(st, Some(id), token)?;
+    let kind = body.get("type").and_then(Value::as_u64).unwrap_or(0);
+    let latency = st.interactions[index].dispatched_at.elapsed();
+    let answer = answer_interaction(shared, st, index, kind, latency, body, files);
+    let status = match &answer {
+        Ok(reply) | Err(reply) => reply.status.as_u16(),
+    };
+    st.interactions[index].callbacks.push(CallbackAttempt {
+        kind,
+        at: Instant::now(),
+        latency,
+        status,
+    });
+    answer
+}
+
+/// The callback's checks and effects: once, in time, a type the interaction can take; 4 makes
+/// a message, 5 a deferred one, 6 nothing, 7 edits the clicked message.
+fn answer_interaction(
+    shared: &Shared,
+    st: &mut St,
+    index: usize,
+    kind: u64,
+    latency: Duration,
+    body: &Value,
+    files: Vec<Upload>,
+) -> Routed {
     let interaction = &st.interactions[index];
-    let channel = interaction.channel_id;
+    let (id, channel) = (interaction.id, interaction.channel_id);
+    let (interaction_kind, clicked) = (interaction.kind, interaction.message_id);
     if interaction.ack.is_some() {
         return Err(Reply::error(
             StatusCode::BAD_REQUEST,
@@ -1935,7 +2434,6 @@ fn interaction_callback(
             "Interaction has already been acknowledged.",
         ));
     }
-    let latency = interaction.dispatched_at.elapsed();
     if latency > shared.options.interaction_deadline {
         return Err(Reply::error(
             StatusCode::NOT_FOUND,
@@ -1943,16 +2441,26 @@ fn interaction_callback(
             "Unknown interaction (acknowledged too late)",
         ));
     }
-    let kind = body.get("type").and_then(Value::as_u64).unwrap_or(0);
     let data = body.get("data").cloned().unwrap_or(Value::Null);
     let flags = data.get("flags").and_then(Value::as_u64).unwrap_or(0);
+    if matches!(kind, 6 | 7) && interaction_kind != MESSAGE_COMPONENT {
+        // Discord: DEFERRED_UPDATE_MESSAGE and UPDATE_MESSAGE are only valid for
+        // component-based interactions.
+        return Err(Reply::form_error(
+            "type",
+            "INTERACTION_CALLBACK_TYPE_INVALID",
+            "Callback types 6 and 7 are only valid for component interactions.",
+        ));
+    }
+    let mut ephemeral = flags & EPHEMERAL != 0;
     let original = match kind {
         4 => {
             let mut message = data.clone();
             if let Some(object) = message.as_object_mut() {
                 object.remove("message_reference");
             }
-            let created = create_message(shared, st, channel, Some(id), &message, files)?;
+            let created = create_message(shared, st, channel, Some(id), &message, files)
+                .map_err(|rejected| rejected.under("data"))?;
             created
                 .body
                 .as_ref()
@@ -1960,31 +2468,46 @@ fn interaction_callback(
         }
         5 => {
             let message = st.snowflake();
-            let now = Instant::now();
+            let guild = st.interactions[index].guild_id;
             st.messages.insert(
                 message,
                 FakeMessage {
-                    id: message,
-                    channel_id: channel,
-                    guild_id: st.interactions[index].guild_id,
-                    author: shared.bot.clone(),
-                    content: String::new(),
-                    reference: None,
-                    history: vec![Version {
-                        at: now,
-                        content: String::new(),
-                    }],
-                    attachments: Vec::new(),
                     flags: (flags & EPHEMERAL) | LOADING,
-                    allowed_mentions: None,
                     interaction_id: Some(id),
-                    deleted: false,
-                    created_at: now,
+                    ..FakeMessage::new(message, channel, guild, shared.bot.clone(), "")
                 },
             );
             Some(message)
         }
-        6..=8 => None,
+        6 => {
+            let target = clicked.filter(|clicked| {
+                st.messages
+                    .get(clicked)
+                    .is_some_and(|message| !message.deleted)
+            });
+            ephemeral = target.is_some_and(|target| st.messages[&target].is_ephemeral());
+            target
+        }
+        7 => {
+            let target = clicked.ok_or_else(unknown_message)?;
+            let mut update = if data.is_null() {
+                json!({})
+            } else {
+                data.clone()
+            };
+            if let Some(object) = update.as_object_mut() {
+                object.remove("message_reference");
+                // An update cannot make the message ephemeral (or public).
+                if let Some(flags) = object.get("flags").and_then(Value::as_u64) {
+                    object.insert("flags".to_owned(), json!(flags & !EPHEMERAL));
+                }
+            }
+            edit_message(shared, st, channel, target, &update, files)
+                .map_err(|rejected| rejected.under("data"))?;
+            ephemeral = st.messages[&target].is_ephemeral();
+            Some(target)
+        }
+        8 => None,
         _ => {
             return Err(Reply::form_error(
                 "type",
@@ -1998,7 +2521,7 @@ fn interaction_callback(
         kind,
         at: Instant::now(),
         latency,
-        ephemeral: flags & EPHEMERAL != 0,
+        ephemeral,
         data,
     });
     interaction.original = original;
@@ -2292,6 +2815,138 @@ fn client_frame(
 
 // ---------------------------------------------------------------------------------------
 // Rendering helpers
+
+/// A message as Discord renders it (REST responses, gateway events, a click's `message`).
+/// `with_referenced`: include the replied-to message (one level, as Discord does).
+fn render_message_value(
+    st: &St,
+    shared: &Shared,
+    message: &FakeMessage,
+    with_referenced: bool,
+) -> Value {
+    let id = message.id;
+    let mut value = json!({
+        "id": id.to_string(),
+        "channel_id": message.channel_id.to_string(),
+        "author": user_json(&message.author),
+        "content": message.content,
+        "timestamp": iso_timestamp(snowflake_time(id)),
+        "edited_timestamp": message.edited_at.map(iso_timestamp),
+        "tts": false,
+        "mention_everyone": false,
+        "mentions": message.mentions.iter().map(user_json).collect::<Vec<_>>(),
+        "mention_roles": [],
+        "attachments": message.attachments.iter().map(attachment_json).collect::<Vec<_>>(),
+        "embeds": message.embeds,
+        "components": message.components,
+        "pinned": false,
+        "type": if message.reference.is_some() { 19 } else { 0 },
+        "flags": message.flags,
+    });
+    if let Some(guild) = message.guild_id {
+        value["guild_id"] = json!(guild.to_string());
+    }
+    if let Some(reference) = message.reference {
+        value["message_reference"] = json!({
+            "type": 0,
+            "message_id": reference.to_string(),
+            "channel_id": message.channel_id.to_string(),
+        });
+        if let Some(guild) = message.guild_id {
+            value["message_reference"]["guild_id"] = json!(guild.to_string());
+        }
+        if with_referenced && st.messages.contains_key(&reference) {
+            value["referenced_message"] = st.render_message(shared, reference, false);
+        }
+    }
+    if message.interaction_id.is_some() {
+        value["webhook_id"] = json!(shared.application_id.to_string());
+        value["application_id"] = json!(shared.application_id.to_string());
+        value["type"] = json!(20);
+    }
+    value
+}
+
+/// `member` of a user message event (Discord leaves out `user` there).
+fn member_json(roles: &[u64]) -> Value {
+    json!({
+        "roles": ids(roles),
+        "joined_at": iso_timestamp(SystemTime::now()),
+        "deaf": false,
+        "mute": false,
+        "flags": 0,
+    })
+}
+
+/// Who an interaction comes from, and where.
+struct Asker<'a> {
+    channel_id: u64,
+    guild_id: Option<u64>,
+    user: &'a FakeUser,
+    permissions: u64,
+    roles: &'a [u64],
+}
+
+/// The fields every INTERACTION_CREATE carries (the caller adds `data`, and `message` for a
+/// component): ids, token, the invoking member (guild) or user (DM), the partial channel. Also
+/// notes the channel's guild.
+fn interaction_json(
+    shared: &Shared,
+    st: &mut St,
+    id: u64,
+    token: &str,
+    kind: u64,
+    asker: &Asker<'_>,
+) -> Value {
+    let mut data = json!({
+        "id": id.to_string(),
+        "application_id": shared.application_id.to_string(),
+        "type": kind,
+        "channel_id": asker.channel_id.to_string(),
+        "token": token,
+        "version": 1,
+        "app_permissions": "562949953421311",
+        "locale": "en-US",
+        "entitlements": [],
+        "authorizing_integration_owners": {"0": asker.guild_id.unwrap_or(0).to_string()},
+        "context": if asker.guild_id.is_some() { 0 } else { 1 },
+        "attachment_size_limit": 10_485_760,
+    });
+    match asker.guild_id {
+        Some(guild) => {
+            data["guild_id"] = json!(guild.to_string());
+            data["guild_locale"] = json!("en-US");
+            data["member"] = json!({
+                "user": user_json(asker.user),
+                "roles": ids(asker.roles),
+                "joined_at": iso_timestamp(SystemTime::now()),
+                "deaf": false,
+                "mute": false,
+                "flags": 0,
+                "permissions": asker.permissions.to_string(),
+            });
+        }
+        None => data["user"] = user_json(asker.user),
+    }
+    st.channel_guilds.insert(asker.channel_id, asker.guild_id);
+    // Discord sends the partial channel with every interaction (a thread's names its parent).
+    if let Some(channel) = channel_json(st, asker.channel_id) {
+        data["channel"] = channel;
+    }
+    data
+}
+
+/// The first `http(s)://` link of `content` that Discord would unfurl (not inside `<…>`).
+fn first_link(content: &str) -> Option<String> {
+    content
+        .split_whitespace()
+        .filter(|word| !word.starts_with('<'))
+        .find(|word| word.starts_with("https://") || word.starts_with("http://"))
+        .map(|word| {
+            word.trim_end_matches(['.', ',', ')', '!', '?', ';', ':'])
+                .to_owned()
+        })
+}
 
 fn user_json(user: &FakeUser) -> Value {
     json!({
