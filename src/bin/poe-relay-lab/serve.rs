@@ -69,6 +69,7 @@ pub async fn serve(
             CallKind::Send => "send",
             CallKind::Edit => "edit",
             CallKind::Typing => "typing",
+            CallKind::Controls => "controls",
         };
         print_line(json!({
             "call": kind,
