@@ -181,7 +181,10 @@ async fn a_sigkill_mid_answer_loses_nothing_and_charges_nothing_twice() {
     // The question survives, and so does what the chat showed of the interrupted answer
     // (so that continue and later turns see it).
     assert_eq!(contents.len(), 3, "{contents:?}");
-    assert_eq!(contents[0], "first question", "the first user turn was lost");
+    assert_eq!(
+        contents[0], "first question",
+        "the first user turn was lost"
+    );
     assert!(
         contents[1].starts_with("tick"),
         "the interrupted answer's partial text is not in the history: {contents:?}"

@@ -1447,7 +1447,8 @@ async fn buttons_are_kept_returned_and_edited_away() {
         .expect("the PATCH");
     assert_eq!(removal.body["components"], json!([]));
     assert!(removal.body.get("content").is_none());
-    // The edits' echoes carry the components as they are after each edit.
+    // The edits' echoes carry the components as they are after each edit (serenity runs each
+    // event's handler in its own task, so their order is not kept).
     fake.wait_for("the echoes of both edits", |_| {
         let echoes = bot.echoes.lock().unwrap();
         (echoes.events.iter().filter(|e| e.id.get() == id).count() == 2).then_some(())
@@ -1455,14 +1456,15 @@ async fn buttons_are_kept_returned_and_edited_away() {
     .await;
     {
         let echoes = bot.echoes.lock().unwrap();
-        let components: Vec<Vec<String>> = echoes
+        let mut components: Vec<Vec<String>> = echoes
             .events
             .iter()
             .map(|event| button_ids(event.components.as_deref().unwrap_or_default()))
             .collect();
+        components.sort();
         assert_eq!(
             components,
-            vec![vec!["again".to_owned(), "stop".to_owned()], Vec::new()]
+            vec![Vec::new(), vec!["again".to_owned(), "stop".to_owned()]]
         );
         assert!(echoes.events.iter().all(|e| e.edited_timestamp.is_some()));
     }
@@ -1546,7 +1548,7 @@ async fn interaction_messages_carry_components() {
 /// Invalid components are refused with Discord's 400 "Invalid Form Body" and the field's
 /// path, on creates, edits and interaction callbacks (under `data`), and change nothing:
 /// six action rows, six buttons in a row, a button outside an action row, a missing or
-/// over-long custom_id, one custom_id twice.
+/// over-long custom_id, one custom_id twice, an over-long label.
 #[tokio::test]
 async fn invalid_components_are_refused_as_discord_refuses_them() {
     poe_relay::tls::install_crypto_provider();
@@ -1607,9 +1609,11 @@ async fn invalid_components_are_refused_as_discord_refuses_them() {
             "BASE_TYPE_REQUIRED".into()
         )
     );
+    let labelled = |id: &str, label: &str| CreateButton::new(id).label(label);
     let long = "x".repeat(101);
+    let over_long = CreateActionRow::Buttons(vec![labelled("ok", "OK"), labelled(&long, "Long")]);
     assert_eq!(
-        form_error(send(vec![row(&["ok", &long])]).await),
+        form_error(send(vec![over_long]).await),
         (
             400,
             "components.0.components.1.custom_id".into(),
@@ -1624,6 +1628,15 @@ async fn invalid_components_are_refused_as_discord_refuses_them() {
             "COMPONENT_CUSTOM_ID_DUPLICATED".into()
         )
     );
+    let wordy = CreateActionRow::Buttons(vec![labelled("wordy", &"w".repeat(81))]);
+    assert_eq!(
+        form_error(send(vec![wordy]).await),
+        (
+            400,
+            "components.0.components.0.label".into(),
+            "BASE_TYPE_MAX_LENGTH".into()
+        )
+    );
     assert!(fake.bot_messages(CHANNEL).is_empty(), "nothing was posted");
 
     // At the limits: 5 rows of 5 buttons, a 100-character custom_id.
@@ -1636,9 +1649,10 @@ async fn invalid_components_are_refused_as_discord_refuses_them() {
     let mut message = send(full).await.expect("25 buttons are fine");
     assert_eq!(rows_of(&message).len(), 25);
     let hundred = "y".repeat(100);
-    send(vec![row(&[&hundred])])
+    let at_limit = CreateActionRow::Buttons(vec![labelled(&hundred, &"z".repeat(80))]);
+    send(vec![at_limit])
         .await
-        .expect("100 characters are fine");
+        .expect("a 100-character custom_id and an 80-character label are fine");
 
     // An invalid edit changes nothing.
     let refused = message
@@ -1681,7 +1695,7 @@ async fn invalid_components_are_refused_as_discord_refuses_them() {
     assert_eq!(interaction.callbacks.len(), 1);
     assert_eq!(interaction.callbacks[0].status, 400);
     let statuses: Vec<u16> = fake.violations().iter().map(|v| v.status).collect();
-    assert_eq!(statuses, [400; 8], "{:?}", fake.violations());
+    assert_eq!(statuses, [400; 9], "{:?}", fake.violations());
 }
 
 /// Clicks as serenity receives them: `Interaction::Component` with the custom id, the clicked
