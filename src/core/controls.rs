@@ -10,6 +10,7 @@
 use super::boundary::{Control, ControlStyle, Inbound};
 use super::running::{Claim, Running};
 use super::services::Services;
+use super::turn::is_latest;
 use crate::store::AnswerRecord;
 
 /// A regenerate or continue to queue in the answer's channel.
@@ -202,11 +203,4 @@ pub fn edit(services: &Services, running: &Running, inbound: &Inbound, of: &str)
         edited: Some(inbound.text.clone()),
         claim: running.claim(answer.id),
     })
-}
-
-fn is_latest(services: &Services, answer: &AnswerRecord) -> bool {
-    services
-        .store
-        .latest_answer_id(&answer.channel)
-        .is_ok_and(|latest| latest == Some(answer.id))
 }

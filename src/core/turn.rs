@@ -353,7 +353,8 @@ async fn admit(
     })
 }
 
-fn is_latest(services: &Services, answer: &AnswerRecord) -> bool {
+/// Whether `answer` is its channel's latest (the only one regenerate and continue take).
+pub fn is_latest(services: &Services, answer: &AnswerRecord) -> bool {
     match services.store.latest_answer_id(&answer.channel) {
         Ok(latest) => latest == Some(answer.id),
         Err(err) => {
